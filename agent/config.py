@@ -1,0 +1,323 @@
+"""The agent's configuration: one TOML file, overridable key by key from the environment.
+
+Precedence (highest first): ``EDGE_<SECTION>__<KEY>`` environment variables, the TOML file,
+defaults. List sections are addressed by position or by ``name``:
+``EDGE_OUTPUTS__CLOUD__URL`` or ``EDGE_OUTPUTS__0__URL``. Every secret also has a ``*_file``
+form, read once at load, so tokens never have to sit in the TOML or the unit file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from agent.units import ByteSize, Duration
+
+ENV_PREFIX = "EDGE_"
+_LIST_PATHS = ("OUTPUTS__", "MQTT__SUBSCRIPTIONS__")
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator: which key, which file, what is wrong."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret(path: Path | None, value: SecretStr | None, key: str) -> SecretStr | None:
+    if path is None:
+        return value
+    if value is not None:
+        raise ValueError(f"set either {key} or {key}_file, not both")
+    try:
+        return SecretStr(Path(path).read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise ValueError(f"cannot read {key}_file {str(path)!r}: {exc.strerror}") from exc
+
+
+class AgentSection(_Model):
+    name: str = Field(default_factory=socket.gethostname, min_length=1)
+    data_dir: Path = Path("/var/lib/edge-agent")
+    tags: dict[str, str] = {}
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace: Duration = 10.0
+
+
+class TLSSection(_Model):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
+class Subscription(_Model):
+    topic: str
+    format: Literal["value", "influx", "json"] = "value"
+    # QoS 2 is refused: paho keeps the QoS 2 handshake state in memory, so a crash after PUBREC
+    # would lose the message. QoS 1 plus timestamp-keyed upserts gives exactly-once points.
+    qos: Literal[0, 1] = 1
+    measurement: str = "mqtt"
+    field: str = "value"
+    tags: dict[str, str] = {}
+    precision: Literal["ns", "us", "ms", "s"] = "ns"
+    json_time_key: str = "time"
+    json_tag_keys: list[str] = []
+
+    @model_validator(mode="after")
+    def _template_is_valid(self) -> Subscription:
+        from agent.parse.topic import TopicTemplate
+
+        TopicTemplate(self.topic)
+        return self
+
+
+class MQTTSection(_Model):
+    url: str = "mqtt://127.0.0.1:1883"
+    client_id: str = ""
+    protocol: Literal["5", "3.1.1"] = "5"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls: TLSSection = TLSSection()
+    keepalive: Duration = 30.0
+    session_expiry: Duration = 7 * 86400.0
+    receive_maximum: int = Field(default=2000, ge=1, le=65535)
+    reconnect_min: Duration = 1.0
+    reconnect_max: Duration = 60.0
+    subscriptions: list[Subscription] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> MQTTSection:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"url {self.url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+        object.__setattr__(
+            self, "password", _read_secret(self.password_file, self.password, "password")
+        )
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def use_tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+class OutputSection(_Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str
+    api: Literal["v1", "v2"] = "v2"
+    org: str = ""
+    bucket: str = ""
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    database: str = ""
+    retention_policy: str = ""
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    streams: list[Literal["raw"]] = ["raw"]
+    batch_size: int = Field(default=5000, ge=1)
+    batch_bytes: ByteSize = 4 * 1024 * 1024
+    flush_interval: Duration = 1.0
+    max_in_flight: int = Field(default=4, ge=1, le=64)
+    timeout: Duration = 30.0
+    gzip_level: int = Field(default=3, ge=0, le=9)
+    retry_max_backoff: Duration = 60.0
+    retry_after_cap: Duration = 300.0
+    config_error_retry: Duration = 30.0
+    tls_ca_file: Path | None = None
+    tls_insecure: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> OutputSection:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url {self.url!r} must look like http://host:8086")
+        object.__setattr__(self, "token", _read_secret(self.token_file, self.token, "token"))
+        object.__setattr__(
+            self, "password", _read_secret(self.password_file, self.password, "password")
+        )
+        if self.api == "v2" and not self.bucket:
+            raise ValueError("api = 'v2' needs bucket (and org, token for InfluxDB 2.x/3.x)")
+        if self.api == "v1" and not self.database:
+            raise ValueError("api = 'v1' needs database")
+        return self
+
+
+class SpoolSection(_Model):
+    max_size: ByteSize = 1024**3
+    max_age: Duration = 7 * 86400.0
+    min_free_disk: ByteSize = 256 * 1024**2
+    when_full: Literal["drop_oldest", "block"] = "drop_oldest"
+    synchronous: Literal["full", "normal"] = "full"
+    max_commit_batch: int = Field(default=10000, ge=1)
+
+
+class StatusSection(_Model):
+    enabled: bool = True
+    listen: str = "127.0.0.1:9466"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class _SectionEnv(EnvSettingsSource):
+    """pydantic-settings' env source for the sections; list items are overlaid by ``apply_env``."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {
+            k: v
+            for k, v in super()._load_env_vars().items()
+            if not k.upper().removeprefix(ENV_PREFIX).startswith(_LIST_PATHS)
+        }
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    agent: AgentSection = AgentSection()
+    mqtt: MQTTSection
+    outputs: list[OutputSection] = Field(min_length=1)
+    spool: SpoolSection = SpoolSection()
+    status: StatusSection = StatusSection()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        names = [o.name for o in self.outputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"output names must be unique, got {names}")
+        if not self.mqtt.client_id:
+            object.__setattr__(
+                self.mqtt,
+                "client_id",
+                f"edge-agent-{self.agent.name}",
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (_SectionEnv(settings_cls), init_settings)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets shown as '********'."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        _mask(data)
+        return data
+
+
+def _mask(node: Any) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("token", "password") and value is not None:
+                node[key] = "********"
+            else:
+                _mask(value)
+    elif isinstance(node, list):
+        for item in node:
+            _mask(item)
+
+
+def _coerce_env(raw: str) -> Any:
+    """Env values are strings; TOML syntax lets an override carry a number, bool, list or table."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _list_item(items: list[Any], selector: str, env_name: str) -> dict[str, Any]:
+    if selector.isdigit():
+        index = int(selector)
+        if index >= len(items):
+            raise ConfigError(f"{env_name}: there is no item {index} in the file")
+        item: dict[str, Any] = items[index]
+        return item
+    for item in items:
+        if str(item.get("name", "")).lower() == selector.lower():
+            return item
+    raise ConfigError(f"{env_name}: no item named {selector!r} in the file")
+
+
+def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``EDGE_OUTPUTS__<NAME|INDEX>__<KEY>`` and subscription items onto the file's data.
+
+    pydantic-settings handles plain sections, but cannot address one item of a list by name.
+    """
+    for env_name, raw in sorted(environ.items()):
+        path = [p.lower() for p in env_name.upper().removeprefix(ENV_PREFIX).split("__")]
+        if not env_name.upper().startswith(ENV_PREFIX):
+            continue
+        if path[0] == "outputs" and len(path) >= 3:
+            node = _list_item(data.setdefault("outputs", []), path[1], env_name)
+            path = path[2:]
+        elif path[:2] == ["mqtt", "subscriptions"] and len(path) >= 4:
+            subs = data.setdefault("mqtt", {}).setdefault("subscriptions", [])
+            node = _list_item(subs, path[2], env_name)
+            path = path[3:]
+        else:
+            continue
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = _coerce_env(raw)
+    return data
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see config/agent.toml)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path) -> Config:
+    """Read, overlay and validate; every problem becomes one ConfigError naming key and file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = apply_env(data, os.environ)
+    try:
+        return Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(path))) from exc
+

@@ -1,0 +1,175 @@
+"""Wires the pipeline together and runs it until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import time
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+import structlog
+
+from agent.config import Config
+from agent.deadletter import DeadLetters
+from agent.forward.http import Writer
+from agent.forward.output import Output
+from agent.parse.clock import IngestClock
+from agent.parse.payload import MappingRules
+from agent.parse.topic import TopicTemplate
+from agent.source.mqtt import MqttSource, Route
+from agent.source.redelivery import RedeliveryGuard
+from agent.spool.budget import Budget
+from agent.spool.store import Spool
+from agent.status import server
+from agent.status.metrics import Metrics
+
+log = structlog.get_logger("edge_agent")
+
+STATS_INTERVAL = 2.0
+
+
+class DataDirLocked(Exception):
+    pass
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Two agents on one spool would acknowledge each other's messages: refuse the second."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / "agent.lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        handle.close()
+        raise DataDirLocked(f"{data_dir} is in use by another edge-agent process") from exc
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def routes_for(cfg: Config) -> list[Route]:
+    routes = []
+    for sub in cfg.mqtt.subscriptions:
+        rules = MappingRules(
+            template=TopicTemplate(sub.topic),
+            format=sub.format,
+            measurement=sub.measurement,
+            field=sub.field,
+            tags={**cfg.agent.tags, **sub.tags},
+            precision=sub.precision,
+            json_time_key=sub.json_time_key,
+            json_tag_keys=frozenset(sub.json_tag_keys),
+        )
+        routes.append(Route(rules, sub.qos, sub.topic))
+    return routes
+
+
+class Agent:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        data = cfg.agent.data_dir
+        self.spool = Spool(
+            data / "spool.db",
+            Budget(
+                cfg.spool.max_size, cfg.spool.max_age, cfg.spool.min_free_disk, cfg.spool.when_full
+            ),
+            cfg.spool.synchronous,
+        )
+        self.outputs: list[Output] = []
+        self.source: MqttSource | None = None
+        self.stop = asyncio.Event()
+
+    def problems(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        if self.source is None or not self.source.connected:
+            found["mqtt"] = f"not connected to {self.cfg.mqtt.url}"
+        for output in self.outputs:
+            if not output.healthy:
+                found[f"output:{output.name}"] = output.problem
+        if self.source is not None and self.source.blocked:
+            found["spool"] = "intake blocked by the spool budget or a disk error"
+        return found
+
+    async def run(self) -> int:
+        cfg = self.cfg
+        data = cfg.agent.data_dir
+        await self.spool.open()
+        forgotten = await self.spool.register({o.name: o.streams for o in cfg.outputs})
+        if forgotten:
+            log.warning("cursors_forgotten", consumers=forgotten,
+                        note="these outputs are no longer configured")
+        clock = IngestClock(await self.spool.get_meta("clock_floor"))
+        guard = RedeliveryGuard(await self.spool.load_unacked())
+        self.source = MqttSource(
+            cfg.mqtt, routes_for(cfg), self.spool, clock, guard,
+            DeadLetters(data / "dead-letters" / "ingest.jsonl"), self.metrics,
+            cfg.spool.max_commit_batch,
+        )
+        connector = aiohttp.TCPConnector(limit=sum(o.max_in_flight for o in cfg.outputs) + 4)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        for out_cfg in cfg.outputs:
+            output = Output(
+                out_cfg, self.spool, Writer(out_cfg, session),
+                DeadLetters(data / "dead-letters" / f"{out_cfg.name}.jsonl"), self.metrics,
+            )
+            self.spool.listen(output.new_data)
+            self.outputs.append(output)
+        runner = None
+        if cfg.status.enabled:
+            host, port = cfg.status.host_port
+            runner = await server.start(server.build_app(self.metrics, self.problems), host, port)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        log.info("agent_started", name=cfg.agent.name, data_dir=str(data),
+                 outputs=[o.name for o in cfg.outputs], pid=os.getpid())
+        source_task = asyncio.create_task(self.source.run(self.stop))
+        output_tasks = [asyncio.create_task(o.run(self.stop)) for o in self.outputs]
+        stats_task = asyncio.create_task(self._stats_loop())
+        await self.stop.wait()
+        began = time.monotonic()
+        await asyncio.gather(source_task, *output_tasks, return_exceptions=True)
+        remaining = max(0.0, cfg.agent.shutdown_grace - (time.monotonic() - began))
+        cut = sum(await asyncio.gather(*(o.drain(remaining) for o in self.outputs)))
+        stats_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stats_task
+        await session.close()
+        if runner is not None:
+            await runner.cleanup()
+        await self.spool.close()
+        log.info("agent_stopped", writes_cut_at_grace=cut,
+                 note="unsent lines stay in the spool" if cut else "")
+        return 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("stopping", signal=sig.name)
+        self.stop.set()
+
+    async def _stats_loop(self) -> None:
+        while True:
+            now = time.time()
+            for stream, stats in self.spool.stats.items():
+                self.metrics.spool_lines.labels(stream).set(stats.lines)
+                self.metrics.spool_bytes.labels(stream).set(stats.bytes)
+                age = now - stats.oldest if stats.oldest is not None else 0.0
+                self.metrics.spool_oldest_age.labels(stream).set(age)
+            for output in self.outputs:
+                for stream in output.cfg.streams:
+                    pos = await self.spool.cursor(output.name, stream)
+                    backlog = await self.spool.backlog(stream, pos)
+                    self.metrics.backlog.labels(output.name, stream).set(backlog)
+            await asyncio.sleep(STATS_INTERVAL)
+
+
+async def run(cfg: Config) -> int:
+    handle = lock_data_dir(cfg.agent.data_dir)
+    try:
+        return await Agent(cfg).run()
+    finally:
+        handle.close()

@@ -1,0 +1,101 @@
+"""One line-protocol write over HTTP: the endpoint for the configured API, gzip, the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ssl
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from agent.config import OutputSection
+from agent.forward.classify import Outcome, classify, failure
+
+GZIP_OFF_LOOP = 128 * 1024
+ERROR_TEXT_LIMIT = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    url: str
+    params: dict[str, str]
+    headers: dict[str, str]
+    auth: aiohttp.BasicAuth | None
+
+
+def endpoint(cfg: OutputSection) -> Endpoint:
+    base = cfg.url.rstrip("/")
+    headers = {"Content-Type": "text/plain; charset=utf-8"}
+    auth = None
+    if cfg.api == "v2":
+        params = {"bucket": cfg.bucket, "precision": "ns"}
+        if cfg.org:
+            params["org"] = cfg.org
+        if cfg.token is not None:
+            headers["Authorization"] = f"Token {cfg.token.get_secret_value()}"
+        return Endpoint(f"{base}/api/v2/write", params, headers, None)
+    params = {"db": cfg.database, "precision": "ns"}
+    if cfg.retention_policy:
+        params["rp"] = cfg.retention_policy
+    if cfg.username:
+        password = cfg.password.get_secret_value() if cfg.password else ""
+        auth = aiohttp.BasicAuth(cfg.username, password)
+    return Endpoint(f"{base}/write", params, headers, auth)
+
+
+def ssl_context(cfg: OutputSection) -> ssl.SSLContext | bool:
+    if cfg.tls_insecure:
+        return False
+    if cfg.tls_ca_file:
+        return ssl.create_default_context(cafile=str(cfg.tls_ca_file))
+    return True
+
+
+async def encode_body(lines: list[bytes], level: int) -> bytes:
+    """Newline-terminated lines, gzipped when asked; large bodies compress on a worker thread
+    (zlib releases the GIL) so the loop keeps taking MQTT messages."""
+    body = b"\n".join(lines) + b"\n"
+    if level == 0:
+        return body
+    if len(body) >= GZIP_OFF_LOOP:
+        return await asyncio.to_thread(gzip.compress, body, level, mtime=0)
+    return gzip.compress(body, level, mtime=0)
+
+
+class Writer:
+    def __init__(self, cfg: OutputSection, session: aiohttp.ClientSession) -> None:
+        self.cfg = cfg
+        self.session = session
+        self.target = endpoint(cfg)
+        self.ssl = ssl_context(cfg)
+        self.timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+
+    async def post(self, body: bytes) -> Outcome:
+        headers = dict(self.target.headers)
+        if self.cfg.gzip_level:
+            headers["Content-Encoding"] = "gzip"
+        try:
+            async with self.session.post(
+                self.target.url,
+                params=self.target.params,
+                data=body,
+                headers=headers,
+                auth=self.target.auth,
+                timeout=self.timeout,
+                ssl=self.ssl,
+                allow_redirects=False,
+            ) as response:
+                text = ""
+                if response.status >= 300:
+                    text = (await response.content.read(ERROR_TEXT_LIMIT)).decode(errors="replace")
+                else:
+                    await response.read()
+                return classify(
+                    response.status, response.headers, time.time(), self.cfg.retry_after_cap, text
+                )
+        except TimeoutError:
+            return failure("timeout", f"no answer within {self.cfg.timeout:g}s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return failure("connection_error", f"{type(exc).__name__}: {exc}")

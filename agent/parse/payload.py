@@ -1,0 +1,248 @@
+"""Map one MQTT message (topic + payload) to line-protocol lines under a subscription's rules."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, NoReturn
+
+from agent.parse.clock import IngestClock, parse_timestamp
+from agent.parse.lineprotocol import (
+    FieldValue,
+    LineProtocolError,
+    encode_line,
+    escape_key,
+    escape_measurement,
+    format_field,
+    parse_lines,
+)
+from agent.parse.topic import TopicMatch, TopicTemplate
+
+_FORMATS = ("value", "influx", "json")
+_PRECISION_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_NON_FINITE = frozenset({"nan", "inf", "infinity"})
+
+
+class PayloadError(ValueError):
+    """A message that cannot become points; ``reason`` is a short code for metrics labels."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class MappingRules:
+    """How one subscription turns topics and payloads into points (validated on construction)."""
+
+    template: TopicTemplate
+    format: Literal["value", "influx", "json"]
+    measurement: str = "mqtt"
+    field: str = "value"
+    tags: Mapping[str, str] = field(default_factory=dict)
+    precision: str = "ns"
+    json_time_key: str = "time"
+    json_tag_keys: frozenset[str] = frozenset()
+    # Escaped text that depends only on the rules, computed once for the value hot path.
+    _measurement_text: str = field(init=False, repr=False, compare=False)
+    _field_text: str = field(init=False, repr=False, compare=False)
+    _fixed_head: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.format not in _FORMATS:
+            raise ValueError(f"unknown payload format {self.format!r}; expected one of {_FORMATS}")
+        if self.precision not in _PRECISION_NS:
+            raise ValueError(f"unknown precision {self.precision!r}; expected s, ms, us or ns")
+        # Encoding a sample point rejects a bad measurement, field or static tag up front.
+        try:
+            encode_line(self.measurement, self.tags, {self.field: 0.0}, 0)
+        except LineProtocolError as exc:
+            raise ValueError(f"invalid mapping rules: {exc}") from None
+        fixed_head = None
+        if not self.template.has_measurement and not _has_tag_captures(self.template):
+            sample = encode_line(self.measurement, self.tags, {"f": 0.0}, 0)
+            fixed_head = sample[: sample.rindex(" f=0.0 0")]
+        object.__setattr__(self, "_measurement_text", escape_measurement(self.measurement))
+        object.__setattr__(self, "_field_text", escape_key(self.field))
+        object.__setattr__(self, "_fixed_head", fixed_head)
+
+
+def _has_tag_captures(template: TopicTemplate) -> bool:
+    """Whether the template captures any tag (probed on a topic of placeholder names)."""
+    probe = template.filter.replace("#", "x")
+    found = template.match(probe.replace("+", "x"))
+    return found is None or bool(found.tags)
+
+
+def _fail(reason: str, message: str) -> NoReturn:
+    raise PayloadError(reason, message)
+
+
+def _match(rules: MappingRules, topic: str) -> TopicMatch:
+    found = rules.template.match(topic)
+    if found is None:
+        _fail("bad_topic", f"topic {topic!r} does not match {rules.template.template!r}")
+    return found
+
+
+def _decode(payload: bytes) -> str:
+    try:
+        return payload.decode()
+    except UnicodeDecodeError as exc:
+        raise PayloadError("not_utf8", f"payload is not UTF-8: {exc}") from None
+
+
+def _encode(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue], ts: int) -> str:
+    try:
+        return encode_line(measurement, tags, fields, ts)
+    except LineProtocolError as exc:
+        raise PayloadError("unrepresentable", str(exc)) from None
+
+
+def _value_text(text: str) -> str:
+    """Format a bare value payload as a field value: bool, float, else string."""
+    if len(text) in (4, 5):
+        lowered = text.lower()
+        if lowered == "true":
+            return "true"
+        if lowered == "false":
+            return "false"
+    try:
+        number = float(text)
+    except ValueError:
+        return format_field(text)
+    if not text.isascii() or "_" in text:
+        return format_field(text)  # float() also reads "1_0" and non-ASCII digits
+    if number - number == 0.0:
+        return repr(number)
+    if text.lstrip("+-").lower() in _NON_FINITE:
+        return format_field(text)
+    _fail("unrepresentable", f"number {text!r} is out of the float range")
+
+
+def _map_value(rules: MappingRules, topic: str, payload: bytes, clock: IngestClock) -> list[str]:
+    found = _match(rules, topic)
+    stripped = payload.strip()
+    if not stripped:
+        _fail("empty", "empty payload")
+    try:
+        value = _value_text(_decode(stripped))
+    except LineProtocolError as exc:
+        raise PayloadError("unrepresentable", str(exc)) from None
+    field_text = rules._field_text if found.field is None else escape_key(found.field)
+    if rules._fixed_head is not None and "\n" not in field_text and "\r" not in field_text:
+        return [f"{rules._fixed_head} {field_text}={value} {clock.next()}"]
+    measurement = rules.measurement if found.measurement is None else found.measurement
+    tags = {**rules.tags, **found.tags} if rules.tags else found.tags
+    line = _encode(measurement, tags, {"f": 0.0}, clock.next())
+    head, _, ts = line.rpartition(" f=0.0 ")
+    return [f"{head} {field_text}={value} {ts}"]
+
+
+def _map_influx(rules: MappingRules, topic: str, payload: bytes, clock: IngestClock) -> list[str]:
+    found = _match(rules, topic)
+    text = _decode(payload)
+    try:
+        points = parse_lines(text)
+    except LineProtocolError as exc:
+        raise PayloadError("bad_line_protocol", str(exc)) from None
+    if not points:
+        _fail("empty", "payload has no line-protocol lines")
+    base = {**rules.tags, **found.tags}
+    scale = _PRECISION_NS[rules.precision]
+    lines = []
+    for point in points:
+        if point.ts_ns is None:
+            ts = clock.next()
+        else:
+            ts = point.ts_ns * scale
+            if not _INT64_MIN <= ts <= _INT64_MAX:
+                _fail("bad_timestamp", f"timestamp {point.ts_ns} ({rules.precision}) is out of range")
+        lines.append(_encode(point.measurement, {**base, **point.tags}, point.fields, ts))
+    return lines
+
+
+def _json_scalar(key: str, value: object) -> FieldValue | None:
+    """A JSON value as a field: numbers as floats (like the value format), None to skip."""
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:
+            _fail("unrepresentable", f"number in {key!r} is out of the float range")
+        if number - number != 0.0:
+            _fail("unrepresentable", f"number in {key!r} is not finite")
+        return number
+    return None
+
+
+def _flatten(obj: Mapping[str, Any], skip: str) -> Iterator[tuple[str, object]]:
+    """Yield (flattened key, leaf) pairs; nested objects join keys with '_' (iteratively)."""
+    stack: list[tuple[str, Mapping[str, Any]]] = [("", obj)]
+    while stack:
+        prefix, current = stack.pop()
+        for key, value in current.items():
+            if not prefix and key == skip:
+                continue
+            name = prefix + key
+            if isinstance(value, dict):
+                stack.append((name + "_", value))
+            else:
+                yield name, value
+
+
+def _json_point(rules: MappingRules, base: dict[str, str], measurement: str, obj: Mapping[str, Any], clock: IngestClock) -> str:
+    tags = dict(base)
+    fields: dict[str, FieldValue] = {}
+    for key, leaf in _flatten(obj, rules.json_time_key):
+        if key in rules.json_tag_keys and leaf is not None and not isinstance(leaf, dict | list):
+            tags[key] = leaf if isinstance(leaf, str) else json.dumps(leaf)
+            continue
+        value = _json_scalar(key, leaf)
+        if value is not None:
+            fields[key] = value
+    if not fields:
+        _fail("no_fields", "JSON object has no number, bool or string field")
+    if rules.json_time_key in obj:
+        try:
+            ts = parse_timestamp(obj[rules.json_time_key])
+        except ValueError as exc:
+            raise PayloadError("bad_timestamp", str(exc)) from None
+    else:
+        ts = clock.next()
+    return _encode(measurement, tags, fields, ts)
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _map_json(rules: MappingRules, topic: str, payload: bytes, clock: IngestClock) -> list[str]:
+    found = _match(rules, topic)
+    text = _decode(payload)
+    if not text.strip():
+        _fail("empty", "empty payload")
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError("bad_json", f"invalid JSON: {exc}") from None
+    objects = document if isinstance(document, list) else [document]
+    if not all(isinstance(obj, dict) for obj in objects):
+        _fail("bad_json", "JSON payload must be an object or a list of objects")
+    if not objects:
+        _fail("no_fields", "JSON payload is an empty list")
+    measurement = rules.measurement if found.measurement is None else found.measurement
+    base = {**rules.tags, **found.tags}
+    return [_json_point(rules, base, measurement, obj, clock) for obj in objects]
+
+
+_MAPPERS = {"value": _map_value, "influx": _map_influx, "json": _map_json}
+
+
+def map_payload(rules: MappingRules, topic: str, payload: bytes, clock: IngestClock) -> list[str]:
+    """Turn one message into line-protocol lines (no trailing newline); raises PayloadError."""
+    return _MAPPERS[rules.format](rules, topic, payload, clock)

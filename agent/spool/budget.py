@@ -1,0 +1,77 @@
+"""Which chunks to give up, or whether to stop taking messages, when a spool budget is hit.
+
+Pure logic, so the policy is tested without a disk. Raw readings go before aggregates, oldest
+first: an aggregate summarises many readings, so losing it costs more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+DROP_ORDER = ("raw",)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    max_size: int
+    max_age: float
+    min_free_disk: int
+    when_full: Literal["drop_oldest", "block"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkInfo:
+    id: int
+    stream: str
+    created: float
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class DropPlan:
+    drop: tuple[tuple[int, str], ...] = ()
+    blocked_reason: str | None = None
+
+
+def _drop_rank(chunk: ChunkInfo) -> tuple[int, int]:
+    rank = DROP_ORDER.index(chunk.stream) if chunk.stream in DROP_ORDER else len(DROP_ORDER)
+    return rank, chunk.id
+
+
+def plan_drops(
+    budget: Budget,
+    chunks: list[ChunkInfo],
+    total_bytes: int,
+    incoming: int,
+    free_disk: int,
+    now: float,
+) -> DropPlan:
+    """Plan for storing ``incoming`` more bytes.
+
+    The age budget always drops (data past it is worthless whatever the policy). The size budget
+    and the free-disk floor follow ``when_full``; if dropping everything allowed still would not
+    make room, intake blocks and the broker keeps the messages.
+    """
+    aged = [c for c in chunks if now - c.created > budget.max_age]
+    drop = [(c.id, "max_age") for c in aged]
+    size = total_bytes - sum(c.bytes for c in aged)
+    need_size = size + incoming - budget.max_size
+    # Deleting rows does not shrink the file, it lets SQLite reuse the pages: below the floor the
+    # spool may only replace old data, never grow.
+    need_disk = incoming if free_disk < budget.min_free_disk else 0
+    if need_size <= 0 and need_disk <= 0:
+        return DropPlan(tuple(drop))
+    reason = "max_size" if need_size > 0 else "min_free_disk"
+    if budget.when_full == "block":
+        return DropPlan(tuple(drop), blocked_reason=reason)
+    need = max(need_size, need_disk)
+    aged_ids = {c.id for c in aged}
+    for chunk in sorted((c for c in chunks if c.id not in aged_ids), key=_drop_rank):
+        if need <= 0:
+            break
+        drop.append((chunk.id, reason))
+        need -= chunk.bytes
+    if need > 0:
+        return DropPlan(tuple(drop), blocked_reason=reason)
+    return DropPlan(tuple(drop))

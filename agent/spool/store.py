@@ -1,0 +1,452 @@
+"""The durable queue: an SQLite database of chunks of line protocol, one cursor per consumer.
+
+A chunk is what one group commit wrote to one stream: many lines in one row, so the per-reading
+cost of durability is a memcpy, not a B-tree insert. A consumer's position is (chunk id, line
+index); chunk ids only grow (AUTOINCREMENT), so a position stays meaningful after the chunks
+before it are deleted or dropped. Every method runs on one dedicated thread that owns the
+connection, keeping disk waits off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from agent.spool.budget import Budget, ChunkInfo, DropPlan, plan_drops
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    created REAL NOT NULL,
+    lines INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_stream ON chunks (stream, id);
+CREATE TABLE IF NOT EXISTS cursors (
+    consumer TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    PRIMARY KEY (consumer, stream)
+);
+CREATE TABLE IF NOT EXISTS unacked (
+    mid INTEGER PRIMARY KEY,
+    conn INTEGER NOT NULL,
+    digest BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """The next line a consumer will read: line ``line`` of the first chunk with id >= ``chunk``."""
+
+    chunk: int
+    line: int
+
+
+@dataclass(slots=True)
+class StreamStats:
+    chunks: int = 0
+    lines: int = 0
+    bytes: int = 0
+    oldest: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    stream: str
+    reason: str
+    lines: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    committed: bool
+    drops: tuple[Drop, ...] = ()
+    blocked_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """Lines read past ``start``; ``end`` is where the consumer stands once they are delivered."""
+
+    lines: list[bytes]
+    start: Position
+    end: Position
+    bytes: int = field(default=0)
+
+
+class SpoolError(Exception):
+    """The spool could not be opened or is unusable (not a transient disk-full)."""
+
+
+class Spool:
+    def __init__(self, path: Path, budget: Budget, synchronous: Literal["full", "normal"]) -> None:
+        self.path = path
+        self.budget = budget
+        self._synchronous = synchronous
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        self._db: sqlite3.Connection | None = None
+        self.stats: dict[str, StreamStats] = {}
+        self.consumers: dict[str, set[str]] = {}
+        self._min_cursor: dict[str, Position] = {}
+        self.appended: dict[str, int] = {}
+        self._listeners: list[asyncio.Event] = []
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+            db.execute("PRAGMA journal_size_limit=67108864")
+            db.executescript(SCHEMA)
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
+        if check != "ok":
+            raise SpoolError(f"spool {self.path} failed its integrity check: {check}")
+        self._db = db
+        self._reload_stats()
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._db is not None:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._db.close()
+                self._db = None
+
+        await self._run(_close)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SpoolError("spool is not open")
+        return self._db
+
+    # -- meta ------------------------------------------------------------------------------------
+
+    async def get_meta(self, key: str, default: int = 0) -> int:
+        def _get() -> int:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            return int(row[0]) if row else default
+
+        return await self._run(_get)
+
+    async def next_connection(self) -> int:
+        """A durable counter of MQTT connections, so redeliveries can be told from new sends."""
+
+        def _next() -> int:
+            db = self.db
+            with _transaction(db):
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES('mqtt_connection', 1) "
+                    "ON CONFLICT(key) DO UPDATE SET value = value + 1"
+                )
+                row = db.execute("SELECT value FROM meta WHERE key='mqtt_connection'").fetchone()
+            return int(row[0])
+
+        return await self._run(_next)
+
+    async def load_unacked(self) -> dict[int, tuple[int, bytes]]:
+        def _load() -> dict[int, tuple[int, bytes]]:
+            rows = self.db.execute("SELECT mid, conn, digest FROM unacked")
+            return {mid: (conn, digest) for mid, conn, digest in rows}
+
+        return await self._run(_load)
+
+    # -- consumers -------------------------------------------------------------------------------
+
+    async def register(self, consumers: dict[str, Sequence[str]]) -> list[str]:
+        """Declare every consumer and its streams; forget cursors of consumers no longer
+        configured (otherwise their stale cursor would pin the spool forever). Returns those."""
+
+        def _register() -> list[str]:
+            db = self.db
+            forgotten: list[str] = []
+            with _transaction(db):
+                wanted = {(c, s) for c, streams in consumers.items() for s in streams}
+                for consumer, stream in db.execute("SELECT consumer, stream FROM cursors").fetchall():
+                    if (consumer, stream) not in wanted:
+                        db.execute(
+                            "DELETE FROM cursors WHERE consumer=? AND stream=?", (consumer, stream)
+                        )
+                        forgotten.append(f"{consumer}/{stream}")
+                for consumer, stream in sorted(wanted):
+                    first = db.execute(
+                        "SELECT min(id) FROM chunks WHERE stream=?", (stream,)
+                    ).fetchone()[0]
+                    start = first if first is not None else self._next_chunk_id()
+                    db.execute(
+                        "INSERT OR IGNORE INTO cursors(consumer, stream, chunk, line) "
+                        "VALUES (?, ?, ?, 0)",
+                        (consumer, stream, start),
+                    )
+                self.consumers = {}
+                for consumer, stream in wanted:
+                    self.consumers.setdefault(stream, set()).add(consumer)
+                for stream in self.consumers:
+                    self._refresh_min_cursor(stream)
+                    self._delete_consumed(stream)
+            return forgotten
+
+        return await self._run(_register)
+
+    def _next_chunk_id(self) -> int:
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='chunks'").fetchone()
+        return int(row[0]) + 1 if row else 1
+
+    async def cursor(self, consumer: str, stream: str) -> Position:
+        def _get() -> Position:
+            row = self.db.execute(
+                "SELECT chunk, line FROM cursors WHERE consumer=? AND stream=?", (consumer, stream)
+            ).fetchone()
+            if row is None:
+                raise SpoolError(f"consumer {consumer!r} is not registered for {stream!r}")
+            return Position(int(row[0]), int(row[1]))
+
+        return await self._run(_get)
+
+    async def commit_cursor(self, consumer: str, stream: str, pos: Position) -> None:
+        """Advance a consumer durably and delete what every consumer of the stream has passed."""
+
+        def _commit() -> None:
+            db = self.db
+            with _transaction(db):
+                db.execute(
+                    "UPDATE cursors SET chunk=?, line=? WHERE consumer=? AND stream=?",
+                    (pos.chunk, pos.line, consumer, stream),
+                )
+                self._refresh_min_cursor(stream)
+                self._delete_consumed(stream)
+
+        await self._run(_commit)
+
+    def _refresh_min_cursor(self, stream: str) -> None:
+        row = self.db.execute(
+            "SELECT chunk, line FROM cursors WHERE stream=? ORDER BY chunk, line LIMIT 1", (stream,)
+        ).fetchone()
+        if row is not None:
+            self._min_cursor[stream] = Position(int(row[0]), int(row[1]))
+
+    def _delete_consumed(self, stream: str) -> None:
+        low = self._min_cursor.get(stream)
+        if low is None:
+            return
+        self._delete_where(stream, "id < ?", (low.chunk,))
+
+    def _delete_where(self, stream: str, where: str, args: tuple[object, ...]) -> list[tuple[int, int]]:
+        rows = self.db.execute(
+            f"SELECT id, lines, bytes FROM chunks WHERE stream=? AND {where}", (stream, *args)
+        ).fetchall()
+        if not rows:
+            return []
+        self.db.execute(f"DELETE FROM chunks WHERE stream=? AND {where}", (stream, *args))
+        stats = self.stats.setdefault(stream, StreamStats())
+        stats.chunks -= len(rows)
+        stats.lines -= sum(r[1] for r in rows)
+        stats.bytes -= sum(r[2] for r in rows)
+        first = self.db.execute(
+            "SELECT created FROM chunks WHERE stream=? ORDER BY id LIMIT 1", (stream,)
+        ).fetchone()
+        stats.oldest = float(first[0]) if first else None
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    # -- ingest ----------------------------------------------------------------------------------
+
+    def listen(self, event: asyncio.Event) -> None:
+        """Have ``event`` set after every commit that adds lines."""
+        self._listeners.append(event)
+
+    async def ingest(
+        self,
+        stream: str,
+        lines: Sequence[str],
+        *,
+        unacked: Iterable[tuple[int, int, bytes]] = (),
+        acked: Iterable[int] = (),
+        clock_floor: int | None = None,
+    ) -> IngestResult:
+        """One group commit: the lines, the redelivery records of the messages they came from,
+        the records of messages acknowledged since the last commit, and the clock floor."""
+        result = await self._run(
+            self._ingest, stream, lines, list(unacked), list(acked), clock_floor
+        )
+        if result.committed and lines:
+            for event in self._listeners:
+                event.set()
+        return result
+
+    def _ingest(
+        self,
+        stream: str,
+        lines: Sequence[str],
+        unacked: list[tuple[int, int, bytes]],
+        acked: list[int],
+        clock_floor: int | None,
+    ) -> IngestResult:
+        db = self.db
+        body = "\n".join(lines).encode()
+        now = time.time()
+        plan = self._plan(len(body) if lines else 0, now)
+        try:
+            with _transaction(db):
+                drops = tuple(self._drop_chunk(cid, reason) for cid, reason in plan.drop)
+                if plan.blocked_reason is not None:
+                    return IngestResult(False, drops, plan.blocked_reason)
+                if lines:
+                    db.execute(
+                        "INSERT INTO chunks(stream, created, lines, bytes, body) VALUES (?,?,?,?,?)",
+                        (stream, now, len(lines), len(body), body),
+                    )
+                if acked:
+                    db.executemany("DELETE FROM unacked WHERE mid=?", [(m,) for m in acked])
+                if unacked:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO unacked(mid, conn, digest) VALUES (?,?,?)", unacked
+                    )
+                if clock_floor is not None:
+                    db.execute(
+                        "INSERT INTO meta(key, value) VALUES('clock_floor', ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value=max(value, excluded.value)",
+                        (clock_floor,),
+                    )
+        except sqlite3.OperationalError as exc:
+            self._reload_stats()
+            return IngestResult(False, blocked_reason=f"disk_error: {exc}")
+        if lines:
+            self.appended[stream] = self.appended.get(stream, 0) + len(lines)
+            stats = self.stats.setdefault(stream, StreamStats())
+            stats.chunks += 1
+            stats.lines += len(lines)
+            stats.bytes += len(body)
+            if stats.oldest is None:
+                stats.oldest = now
+        return IngestResult(True, drops)
+
+    def _plan(self, incoming: int, now: float) -> DropPlan:
+        total = sum(s.bytes for s in self.stats.values())
+        oldest = min((s.oldest for s in self.stats.values() if s.oldest is not None), default=now)
+        free = self._free_disk()
+        over = (
+            total + incoming > self.budget.max_size
+            or now - oldest > self.budget.max_age
+            or free < self.budget.min_free_disk
+        )
+        if not over:
+            return DropPlan()
+        rows = self.db.execute(
+            "SELECT id, stream, created, bytes FROM chunks ORDER BY id LIMIT 5000"
+        ).fetchall()
+        chunks = [ChunkInfo(int(r[0]), str(r[1]), float(r[2]), int(r[3])) for r in rows]
+        return plan_drops(self.budget, chunks, total, incoming, free, now)
+
+    def _free_disk(self) -> int:
+        try:
+            return shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return 0
+
+    def _drop_chunk(self, cid: int, reason: str) -> Drop:
+        """Remove one chunk; count only the lines that some consumer had not yet passed."""
+        row = self.db.execute("SELECT stream FROM chunks WHERE id=?", (cid,)).fetchone()
+        stream = str(row[0]) if row else "raw"
+        removed = self._delete_where(stream, "id = ?", (cid,))
+        unread = removed[0][1] if removed else 0
+        low = self._min_cursor.get(stream)
+        if low is not None and low.chunk == cid:
+            unread -= low.line
+        elif low is not None and low.chunk > cid:
+            unread = 0
+        return Drop(stream, reason, unread)
+
+    def _reload_stats(self) -> None:
+        self.stats = {}
+        for stream, chunks, lines, size, oldest in self.db.execute(
+            "SELECT stream, count(*), sum(lines), sum(bytes), min(created) FROM chunks GROUP BY stream"
+        ):
+            self.stats[stream] = StreamStats(chunks, lines, size, oldest)
+
+    # -- read ------------------------------------------------------------------------------------
+
+    async def read(self, stream: str, start: Position, max_lines: int, max_bytes: int) -> ReadResult:
+        return await self._run(self._read, stream, start, max_lines, max_bytes)
+
+    def _read(self, stream: str, start: Position, max_lines: int, max_bytes: int) -> ReadResult:
+        out: list[bytes] = []
+        size = 0
+        pos = start
+        rows = self.db.execute(
+            "SELECT id, lines, body FROM chunks WHERE stream=? AND id>=? ORDER BY id LIMIT 64",
+            (stream, start.chunk),
+        )
+        for cid, nlines, body in rows:
+            first = pos.line if cid == pos.chunk else 0
+            if first >= nlines:
+                pos = Position(cid + 1, 0)
+                continue
+            chunk_lines = bytes(body).split(b"\n")
+            take = first
+            while take < nlines and len(out) < max_lines:
+                line = chunk_lines[take]
+                if out and size + len(line) + 1 > max_bytes:
+                    break
+                out.append(line)
+                size += len(line) + 1
+                take += 1
+            pos = Position(cid + 1, 0) if take >= nlines else Position(cid, take)
+            if take < nlines:
+                break
+        return ReadResult(out, start, pos, size)
+
+    async def backlog(self, stream: str, pos: Position) -> int:
+        """Lines in ``stream`` at or after ``pos``."""
+
+        def _count() -> int:
+            row = self.db.execute(
+                "SELECT coalesce(sum(lines), 0), "
+                "coalesce(sum(CASE WHEN id=? THEN ? ELSE 0 END), 0) "
+                "FROM chunks WHERE stream=? AND id>=?",
+                (pos.chunk, pos.line, stream, pos.chunk),
+            ).fetchone()
+            return int(row[0]) - int(row[1])
+
+        return await self._run(_count)
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (autocommit connection)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        else:
+            self.db.execute("ROLLBACK")

@@ -1,0 +1,107 @@
+"""Every number the agent exports at /metrics, on a registry of its own (no process-global state,
+so tests can run several agents in one interpreter)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.received = Counter(
+            "edge_readings_received", "MQTT messages received", ["subscription"], registry=r
+        )
+        self.committed = Counter(
+            "edge_readings_committed", "Points committed to the spool", ["stream"], registry=r
+        )
+        self.dropped = Counter(
+            "edge_readings_dropped",
+            "Points or messages given up, by reason (malformed, max_size, max_age, "
+            "min_free_disk, dead_letter)",
+            ["reason"],
+            registry=r,
+        )
+        self.redeliveries = Counter(
+            "edge_mqtt_redeliveries_deduplicated",
+            "Broker redeliveries of already-committed messages, acknowledged without storing",
+            registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "edge_mqtt_connected", "1 while the MQTT session is up", registry=r
+        )
+        self.mqtt_connects = Counter(
+            "edge_mqtt_connects", "MQTT connection attempts, by result", ["result"], registry=r
+        )
+        self.intake_blocked = Gauge(
+            "edge_intake_blocked",
+            "1 while intake is paused by the spool budget (when_full=block) or a disk error",
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "edge_spool_commit_seconds",
+            "Duration of one group commit",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.spool_lines = Gauge(
+            "edge_spool_lines", "Lines held in the spool", ["stream"], registry=r
+        )
+        self.spool_bytes = Gauge(
+            "edge_spool_bytes", "Line bytes held in the spool", ["stream"], registry=r
+        )
+        self.spool_oldest_age = Gauge(
+            "edge_spool_oldest_age_seconds",
+            "Age of the oldest chunk held in the spool",
+            ["stream"],
+            registry=r,
+        )
+        self.backlog = Gauge(
+            "edge_output_backlog_lines",
+            "Lines an output has still to send",
+            ["output", "stream"],
+            registry=r,
+        )
+        self.lines_sent = Counter(
+            "edge_output_lines_sent", "Lines accepted by the server", ["output"], registry=r
+        )
+        self.bytes_sent = Counter(
+            "edge_output_bytes_sent",
+            "Request body bytes on the wire (after gzip), every attempt",
+            ["output"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "edge_output_requests",
+            "HTTP write requests by outcome (status code, or timeout / connection_error)",
+            ["output", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "edge_output_retries", "Write attempts that will be retried", ["output"], registry=r
+        )
+        self.dead_letters = Counter(
+            "edge_output_dead_letters",
+            "Lines the server rejected for good, written to the dead-letter file",
+            ["output"],
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "edge_output_batch_seconds",
+            "Time from reading a batch to the server accepting it, retries included",
+            ["output"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "edge_output_last_success_timestamp_seconds",
+            "Unix time of the last accepted write",
+            ["output"],
+            registry=r,
+        )
+        self.output_healthy = Gauge(
+            "edge_output_healthy",
+            "0 while an output is paused on a configuration error (401/403/404)",
+            ["output"],
+            registry=r,
+        )
