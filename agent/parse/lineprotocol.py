@@ -94,6 +94,25 @@ def format_field(value: FieldValue) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _encode_head(measurement: str, tags: Mapping[str, str]) -> str:
+    """The series part of a line: escaped measurement and tags sorted by key."""
+    if not measurement:
+        raise LineProtocolError("empty measurement")
+    if measurement[0] == "#":
+        raise LineProtocolError("measurement starts with '#', which would make the line a comment")
+    parts = [escape_measurement(measurement)]
+    for key in sorted(tags):
+        if not key:
+            raise LineProtocolError("empty tag key")
+        value = tags[key]
+        if value:
+            parts.append(f"{escape_key(key)}={escape_key(value)}")
+    head = ",".join(parts)
+    if "\n" in head or "\r" in head:
+        raise LineProtocolError("line break in the measurement or a tag")
+    return head
+
+
 def encode_line(
     measurement: str,
     tags: Mapping[str, str],
@@ -101,30 +120,20 @@ def encode_line(
     ts_ns: int,
 ) -> str:
     """Encode one point; tags sorted by key, empty tag values skipped."""
-    if not measurement:
-        raise LineProtocolError("empty measurement")
-    if measurement[0] == "#":
-        raise LineProtocolError("measurement starts with '#', which would make the line a comment")
+    head = _encode_head(measurement, tags)
     if not fields:
         raise LineProtocolError(f"point in {measurement!r} has no fields")
     if not _INT64_MIN <= ts_ns <= _INT64_MAX:
         raise LineProtocolError(f"timestamp {ts_ns} is outside the int64 range")
-    head = [escape_measurement(measurement)]
-    for key in sorted(tags):
-        if not key:
-            raise LineProtocolError("empty tag key")
-        value = tags[key]
-        if value:
-            head.append(f"{escape_key(key)}={escape_key(value)}")
-    body = []
+    parts = []
     for key, value in fields.items():
         if not key:
             raise LineProtocolError("empty field key")
-        body.append(f"{escape_key(key)}={format_field(value)}")
-    line = f"{','.join(head)} {','.join(body)} {ts_ns}"
-    if "\n" in line or "\r" in line:
-        raise LineProtocolError("line break in a measurement, tag or field key")
-    return line
+        parts.append(f"{escape_key(key)}={format_field(value)}")
+    body = ",".join(parts)
+    if "\n" in body or "\r" in body:
+        raise LineProtocolError("line break in a field key")
+    return f"{head} {body} {ts_ns}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,23 @@
-"""Map one MQTT message (topic + payload) to line-protocol lines under a subscription's rules."""
+"""Map one MQTT message (topic + payload) to line-protocol lines under a subscription's rules.
+
+Tag precedence: static tags < topic captures < the payload's own tags; an empty value counts as
+absent, so it never hides a lower-precedence tag. Every point leaves with a ns timestamp.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
 from agent.parse.clock import IngestClock, parse_timestamp
 from agent.parse.lineprotocol import (
     FieldValue,
     LineProtocolError,
+    _encode_head,
     encode_line,
     escape_key,
-    escape_measurement,
     format_field,
     parse_lines,
 )
@@ -23,62 +27,57 @@ _FORMATS = ("value", "influx", "json")
 _PRECISION_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-_NON_FINITE = frozenset({"nan", "inf", "infinity"})
+_NON_FINITE_WORDS = frozenset({"nan", "inf", "infinity"})
 
 
 class PayloadError(ValueError):
-    """A message that cannot become points; ``reason`` is a short code for metrics labels."""
+    """A message that cannot become points; ``reason`` is a short code for a metrics label."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class MappingRules:
-    """How one subscription turns topics and payloads into points (validated on construction)."""
+    """How one subscription turns topics and payloads into points; validated on construction."""
 
     template: TopicTemplate
     format: Literal["value", "influx", "json"]
     measurement: str = "mqtt"
     field: str = "value"
-    tags: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
     precision: str = "ns"
     json_time_key: str = "time"
     json_tag_keys: frozenset[str] = frozenset()
     # Escaped text that depends only on the rules, computed once for the value hot path.
-    _measurement_text: str = field(init=False, repr=False, compare=False)
-    _field_text: str = field(init=False, repr=False, compare=False)
-    _fixed_head: str | None = field(init=False, repr=False, compare=False)
+    _head: str = dataclasses.field(init=False, repr=False, compare=False)
+    _field_text: str = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.format not in _FORMATS:
             raise ValueError(f"unknown payload format {self.format!r}; expected one of {_FORMATS}")
         if self.precision not in _PRECISION_NS:
             raise ValueError(f"unknown precision {self.precision!r}; expected s, ms, us or ns")
-        # Encoding a sample point rejects a bad measurement, field or static tag up front.
         try:
-            encode_line(self.measurement, self.tags, {self.field: 0.0}, 0)
-        except LineProtocolError as exc:
+            head = _encode_head(self.measurement, self.tags)
+            field_text = _field_key(self.field)
+        except (LineProtocolError, PayloadError) as exc:
             raise ValueError(f"invalid mapping rules: {exc}") from None
-        fixed_head = None
-        if not self.template.has_measurement and not _has_tag_captures(self.template):
-            sample = encode_line(self.measurement, self.tags, {"f": 0.0}, 0)
-            fixed_head = sample[: sample.rindex(" f=0.0 0")]
-        object.__setattr__(self, "_measurement_text", escape_measurement(self.measurement))
-        object.__setattr__(self, "_field_text", escape_key(self.field))
-        object.__setattr__(self, "_fixed_head", fixed_head)
-
-
-def _has_tag_captures(template: TopicTemplate) -> bool:
-    """Whether the template captures any tag (probed on a topic of placeholder names)."""
-    probe = template.filter.replace("#", "x")
-    found = template.match(probe.replace("+", "x"))
-    return found is None or bool(found.tags)
+        object.__setattr__(self, "_head", head)
+        object.__setattr__(self, "_field_text", field_text)
 
 
 def _fail(reason: str, message: str) -> NoReturn:
     raise PayloadError(reason, message)
+
+
+def _field_key(name: str) -> str:
+    if not name:
+        _fail("unrepresentable", "empty field key")
+    if "\n" in name or "\r" in name:
+        _fail("unrepresentable", f"line break in field key {name!r}")
+    return escape_key(name)
 
 
 def _match(rules: MappingRules, topic: str) -> TopicMatch:
@@ -95,58 +94,65 @@ def _decode(payload: bytes) -> str:
         raise PayloadError("not_utf8", f"payload is not UTF-8: {exc}") from None
 
 
-def _encode(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue], ts: int) -> str:
+def _encode(
+    measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue], ts: int
+) -> str:
     try:
         return encode_line(measurement, tags, fields, ts)
     except LineProtocolError as exc:
         raise PayloadError("unrepresentable", str(exc)) from None
 
 
-def _value_text(text: str) -> str:
-    """Format a bare value payload as a field value: bool, float, else string."""
+def _string_field(text: str) -> str:
+    try:
+        return format_field(text)
+    except LineProtocolError as exc:
+        raise PayloadError("unrepresentable", str(exc)) from None
+
+
+def _value_field(payload: bytes) -> str:
+    """A bare payload as formatted field text: bool, else float, else string."""
+    stripped = payload.strip()
+    if not stripped:
+        _fail("empty", "empty payload")
+    text = _decode(stripped)
     if len(text) in (4, 5):
         lowered = text.lower()
-        if lowered == "true":
-            return "true"
-        if lowered == "false":
-            return "false"
+        if lowered == "true" or lowered == "false":
+            return lowered
     try:
         number = float(text)
     except ValueError:
-        return format_field(text)
+        return _string_field(text)
     if not text.isascii() or "_" in text:
-        return format_field(text)  # float() also reads "1_0" and non-ASCII digits
+        return _string_field(text)  # float() also reads "1_0" and non-ASCII digits
     if number - number == 0.0:
         return repr(number)
-    if text.lstrip("+-").lower() in _NON_FINITE:
-        return format_field(text)
-    _fail("unrepresentable", f"number {text!r} is out of the float range")
+    if text.lstrip("+-").lower() in _NON_FINITE_WORDS:
+        return _string_field(text)
+    _fail("unrepresentable", f"number {text!r} is outside the float range")
 
 
 def _map_value(rules: MappingRules, topic: str, payload: bytes, clock: IngestClock) -> list[str]:
     found = _match(rules, topic)
-    stripped = payload.strip()
-    if not stripped:
-        _fail("empty", "empty payload")
-    try:
-        value = _value_text(_decode(stripped))
-    except LineProtocolError as exc:
-        raise PayloadError("unrepresentable", str(exc)) from None
-    field_text = rules._field_text if found.field is None else escape_key(found.field)
-    if rules._fixed_head is not None and "\n" not in field_text and "\r" not in field_text:
-        return [f"{rules._fixed_head} {field_text}={value} {clock.next()}"]
-    measurement = rules.measurement if found.measurement is None else found.measurement
-    tags = {**rules.tags, **found.tags} if rules.tags else found.tags
-    line = _encode(measurement, tags, {"f": 0.0}, clock.next())
-    head, _, ts = line.rpartition(" f=0.0 ")
-    return [f"{head} {field_text}={value} {ts}"]
+    value = _value_field(payload)
+    if found.tags or found.measurement is not None:
+        measurement = rules.measurement if found.measurement is None else found.measurement
+        tags = {**rules.tags, **found.tags} if rules.tags else found.tags
+        try:
+            head = _encode_head(measurement, tags)
+        except LineProtocolError as exc:
+            raise PayloadError("unrepresentable", str(exc)) from None
+    else:
+        head = rules._head
+    key = rules._field_text if found.field is None else _field_key(found.field)
+    return [f"{head} {key}={value} {clock.next()}"]
 
 
 def _map_influx(rules: MappingRules, topic: str, payload: bytes, clock: IngestClock) -> list[str]:
     found = _match(rules, topic)
-    text = _decode(payload)
     try:
-        points = parse_lines(text)
+        points = parse_lines(_decode(payload))
     except LineProtocolError as exc:
         raise PayloadError("bad_line_protocol", str(exc)) from None
     if not points:
@@ -160,53 +166,57 @@ def _map_influx(rules: MappingRules, topic: str, payload: bytes, clock: IngestCl
         else:
             ts = point.ts_ns * scale
             if not _INT64_MIN <= ts <= _INT64_MAX:
-                _fail("bad_timestamp", f"timestamp {point.ts_ns} ({rules.precision}) is out of range")
+                _fail("bad_timestamp", f"timestamp {point.ts_ns} {rules.precision} is out of range")
         lines.append(_encode(point.measurement, {**base, **point.tags}, point.fields, ts))
     return lines
 
 
-def _json_scalar(key: str, value: object) -> FieldValue | None:
-    """A JSON value as a field: numbers as floats (like the value format), None to skip."""
+def _leaves(obj: Mapping[str, Any], skip: str) -> Iterator[tuple[str, Any]]:
+    """(key, leaf) pairs, nested objects joined with '_'; iterative, so depth cannot recurse."""
+    stack: list[tuple[str, Mapping[str, Any]]] = [("", obj)]
+    while stack:
+        prefix, current = stack.pop()
+        for key, value in current.items():
+            if isinstance(value, dict):
+                stack.append((f"{prefix}{key}_", value))
+            elif prefix or key != skip:
+                yield prefix + key, value
+
+
+def _json_field(key: str, value: Any) -> FieldValue | None:
+    """A JSON leaf as a field: numbers as floats (as in the value format); None to skip."""
     if isinstance(value, bool | str):
         return value
     if isinstance(value, int | float):
         try:
             number = float(value)
         except OverflowError:
-            _fail("unrepresentable", f"number in {key!r} is out of the float range")
+            _fail("unrepresentable", f"number in {key!r} is outside the float range")
         if number - number != 0.0:
             _fail("unrepresentable", f"number in {key!r} is not finite")
         return number
     return None
 
 
-def _flatten(obj: Mapping[str, Any], skip: str) -> Iterator[tuple[str, object]]:
-    """Yield (flattened key, leaf) pairs; nested objects join keys with '_' (iteratively)."""
-    stack: list[tuple[str, Mapping[str, Any]]] = [("", obj)]
-    while stack:
-        prefix, current = stack.pop()
-        for key, value in current.items():
-            if not prefix and key == skip:
-                continue
-            name = prefix + key
-            if isinstance(value, dict):
-                stack.append((name + "_", value))
-            else:
-                yield name, value
-
-
-def _json_point(rules: MappingRules, base: dict[str, str], measurement: str, obj: Mapping[str, Any], clock: IngestClock) -> str:
+def _json_point(
+    rules: MappingRules,
+    measurement: str,
+    base: Mapping[str, str],
+    obj: Mapping[str, Any],
+    clock: IngestClock,
+) -> str:
     tags = dict(base)
     fields: dict[str, FieldValue] = {}
-    for key, leaf in _flatten(obj, rules.json_time_key):
-        if key in rules.json_tag_keys and leaf is not None and not isinstance(leaf, dict | list):
-            tags[key] = leaf if isinstance(leaf, str) else json.dumps(leaf)
+    for key, leaf in _leaves(obj, rules.json_time_key):
+        if key in rules.json_tag_keys and isinstance(leaf, str | int | float):
+            if leaf != "":
+                tags[key] = leaf if isinstance(leaf, str) else json.dumps(leaf)
             continue
-        value = _json_scalar(key, leaf)
+        value = _json_field(key, leaf)
         if value is not None:
             fields[key] = value
     if not fields:
-        _fail("no_fields", "JSON object has no number, bool or string field")
+        _fail("no_fields", "JSON object has no number, bool or string value")
     if rules.json_time_key in obj:
         try:
             ts = parse_timestamp(obj[rules.json_time_key])
@@ -231,13 +241,13 @@ def _map_json(rules: MappingRules, topic: str, payload: bytes, clock: IngestCloc
     except (ValueError, RecursionError) as exc:
         raise PayloadError("bad_json", f"invalid JSON: {exc}") from None
     objects = document if isinstance(document, list) else [document]
-    if not all(isinstance(obj, dict) for obj in objects):
-        _fail("bad_json", "JSON payload must be an object or a list of objects")
     if not objects:
         _fail("no_fields", "JSON payload is an empty list")
+    if not all(isinstance(obj, dict) for obj in objects):
+        _fail("bad_json", "JSON payload must be an object or a list of objects")
     measurement = rules.measurement if found.measurement is None else found.measurement
     base = {**rules.tags, **found.tags}
-    return [_json_point(rules, base, measurement, obj, clock) for obj in objects]
+    return [_json_point(rules, measurement, base, obj, clock) for obj in objects]
 
 
 _MAPPERS = {"value": _map_value, "influx": _map_influx, "json": _map_json}

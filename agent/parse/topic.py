@@ -21,13 +21,7 @@ def _placeholder(segment: str, template: str) -> str | None:
     if "{" not in segment and "}" not in segment:
         return None
     name = segment[1:-1]
-    if (
-        len(segment) < 2
-        or segment[0] != "{"
-        or segment[-1] != "}"
-        or "{" in name
-        or "}" in name
-    ):
+    if len(segment) < 2 or segment[0] != "{" or segment[-1] != "}" or "{" in name or "}" in name:
         raise ValueError(
             f"topic template {template!r}: segment {segment!r} must be a whole {{name}} "
             "placeholder or contain no braces"

@@ -1,0 +1,44 @@
+from agent.spool.budget import Budget, ChunkInfo, plan_drops
+
+NOW = 10_000.0
+GIB = 1024**3
+
+
+def chunks() -> list[ChunkInfo]:
+    return [
+        ChunkInfo(1, "raw", NOW - 100, 100),
+        ChunkInfo(2, "aggregates", NOW - 90, 100),
+        ChunkInfo(3, "raw", NOW - 80, 100),
+    ]
+
+
+def test_within_budget_drops_nothing() -> None:
+    plan = plan_drops(Budget(1000, 3600, 0, "drop_oldest"), chunks(), 300, 100, GIB, NOW)
+    assert plan.drop == () and plan.blocked_reason is None
+
+
+def test_drop_oldest_takes_raw_before_aggregates() -> None:
+    plan = plan_drops(Budget(350, 3600, 0, "drop_oldest"), chunks(), 300, 200, GIB, NOW)
+    assert plan.drop == ((1, "max_size"), (3, "max_size"))
+    assert plan.blocked_reason is None
+
+
+def test_block_policy_blocks_instead() -> None:
+    plan = plan_drops(Budget(350, 3600, 0, "block"), chunks(), 300, 200, GIB, NOW)
+    assert plan.drop == () and plan.blocked_reason == "max_size"
+
+
+def test_age_always_drops() -> None:
+    plan = plan_drops(Budget(GIB, 95, 0, "block"), chunks(), 300, 10, GIB, NOW)
+    assert plan.drop == ((1, "max_age"),)
+    assert plan.blocked_reason is None
+
+
+def test_disk_floor_stops_growth() -> None:
+    plan = plan_drops(Budget(GIB, 3600, 500, "drop_oldest"), chunks(), 300, 150, 100, NOW)
+    assert plan.drop == ((1, "min_free_disk"), (3, "min_free_disk"))
+
+
+def test_impossible_room_blocks() -> None:
+    plan = plan_drops(Budget(50, 3600, 0, "drop_oldest"), chunks(), 300, 500, GIB, NOW)
+    assert plan.blocked_reason == "max_size"

@@ -1,0 +1,136 @@
+"""The spool against a real SQLite file: ordering, cursors, deletion, budgets, restarts."""
+
+from pathlib import Path
+
+import pytest
+
+from agent.spool.budget import Budget
+from agent.spool.store import Position, Spool
+
+BIG = Budget(max_size=1 << 30, max_age=86400, min_free_disk=0, when_full="drop_oldest")
+
+
+async def open_spool(path: Path, budget: Budget = BIG) -> Spool:
+    spool = Spool(path / "spool.db", budget, "full")
+    await spool.open()
+    await spool.register({"a": ["raw"], "b": ["raw"]})
+    return spool
+
+
+def lines(prefix: str, n: int) -> list[str]:
+    return [f"m,t={prefix} v={i} {i}" for i in range(n)]
+
+
+async def read_all(spool: Spool, pos: Position, max_lines: int = 1000) -> tuple[list[bytes], Position]:
+    out: list[bytes] = []
+    while True:
+        result = await spool.read("raw", pos, max_lines, 1 << 20)
+        if not result.lines:
+            return out, result.end
+        out.extend(result.lines)
+        pos = result.end
+
+
+async def test_reads_back_in_order_across_chunks(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path)
+    for k in range(5):
+        assert (await spool.ingest("raw", lines(str(k), 7))).committed
+    got, _ = await read_all(spool, await spool.cursor("a", "raw"), max_lines=3)
+    assert got == [line.encode() for k in range(5) for line in lines(str(k), 7)]
+    await spool.close()
+
+
+async def test_batch_limits_by_lines_and_bytes(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path)
+    await spool.ingest("raw", lines("x", 100))
+    start = await spool.cursor("a", "raw")
+    assert len((await spool.read("raw", start, 10, 1 << 20)).lines) == 10
+    small = await spool.read("raw", start, 1000, 50)
+    assert len(small.lines) == 4 and small.bytes <= 50
+    await spool.close()
+
+
+async def test_chunks_are_deleted_once_every_consumer_passed(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path)
+    await spool.ingest("raw", lines("x", 10))
+    await spool.ingest("raw", lines("y", 10))
+    _, end = await read_all(spool, await spool.cursor("a", "raw"))
+    await spool.commit_cursor("a", "raw", end)
+    assert spool.stats["raw"].lines == 20
+    await spool.commit_cursor("b", "raw", end)
+    assert spool.stats["raw"].lines == 0
+    await spool.close()
+
+
+async def test_restart_resumes_exactly_where_it_was(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path)
+    await spool.ingest("raw", lines("x", 10))
+    first = await spool.read("raw", await spool.cursor("a", "raw"), 4, 1 << 20)
+    await spool.commit_cursor("a", "raw", first.end)
+    await spool.close()
+    spool = await open_spool(tmp_path)
+    rest, _ = await read_all(spool, await spool.cursor("a", "raw"))
+    assert rest == [line.encode() for line in lines("x", 10)[4:]]
+    assert spool.stats["raw"].lines == 10
+    await spool.close()
+
+
+async def test_forgotten_consumer_no_longer_pins_data(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path)
+    await spool.ingest("raw", lines("x", 10))
+    _, end = await read_all(spool, await spool.cursor("a", "raw"))
+    await spool.commit_cursor("a", "raw", end)
+    assert await spool.register({"a": ["raw"]}) == ["b/raw"]
+    assert spool.stats["raw"].lines == 0
+    await spool.close()
+
+
+async def test_size_budget_drops_oldest_and_counts_unread(tmp_path: Path) -> None:
+    one_chunk = len("\n".join(lines("x", 10)).encode())
+    budget = Budget(max_size=one_chunk * 2, max_age=86400, min_free_disk=0, when_full="drop_oldest")
+    spool = await open_spool(tmp_path, budget)
+    await spool.ingest("raw", lines("x", 10))
+    await spool.ingest("raw", lines("y", 10))
+    result = await spool.ingest("raw", lines("z", 10))
+    assert result.committed
+    assert [(d.reason, d.lines) for d in result.drops] == [("max_size", 10)]
+    got, _ = await read_all(spool, await spool.cursor("a", "raw"))
+    assert got[0] == b"m,t=y v=0 0" and len(got) == 20
+    await spool.close()
+
+
+async def test_block_policy_refuses_without_losing(tmp_path: Path) -> None:
+    one_chunk = len("\n".join(lines("x", 10)).encode())
+    budget = Budget(max_size=one_chunk, max_age=86400, min_free_disk=0, when_full="block")
+    spool = await open_spool(tmp_path, budget)
+    assert (await spool.ingest("raw", lines("x", 10))).committed
+    blocked = await spool.ingest("raw", lines("y", 10))
+    assert not blocked.committed and blocked.blocked_reason == "max_size"
+    got, _ = await read_all(spool, await spool.cursor("a", "raw"))
+    assert len(got) == 10
+    await spool.close()
+
+
+async def test_unacked_records_and_meta_survive_restart(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path)
+    conn = await spool.next_connection()
+    await spool.ingest("raw", ["m v=1 1"], unacked=[(5, conn, b"d5"), (6, conn, b"d6")], clock_floor=99)
+    await spool.ingest("raw", [], acked=[5])
+    await spool.close()
+    spool = await open_spool(tmp_path)
+    assert await spool.load_unacked() == {6: (conn, b"d6")}
+    assert await spool.get_meta("clock_floor") == 99
+    assert await spool.next_connection() == conn + 1
+    await spool.close()
+
+
+@pytest.mark.parametrize("n", [1, 3])
+async def test_backlog_counts_lines_after_position(tmp_path: Path, n: int) -> None:
+    spool = await open_spool(tmp_path)
+    for _ in range(n):
+        await spool.ingest("raw", lines("x", 10))
+    start = await spool.cursor("a", "raw")
+    assert await spool.backlog("raw", start) == 10 * n
+    part = await spool.read("raw", start, 4, 1 << 20)
+    assert await spool.backlog("raw", part.end) == 10 * n - 4
+    await spool.close()
