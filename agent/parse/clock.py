@@ -31,6 +31,11 @@ class IngestClock:
     def __init__(self, floor_ns: int = 0) -> None:
         self._last = floor_ns
 
+    @property
+    def last(self) -> int:
+        """The newest timestamp handed out; persisted so a restart never goes below it."""
+        return self._last
+
     def next(self) -> int:
         """The current time in ns, or one ns past the previous value if that is not later."""
         now = time.time_ns()

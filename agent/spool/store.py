@@ -398,27 +398,27 @@ class Spool:
         out: list[bytes] = []
         size = 0
         pos = start
-        rows = self.db.execute(
-            "SELECT id, lines, body FROM chunks WHERE stream=? AND id>=? ORDER BY id LIMIT 64",
-            (stream, start.chunk),
-        )
-        for cid, nlines, body in rows:
-            first = pos.line if cid == pos.chunk else 0
-            if first >= nlines:
-                pos = Position(cid + 1, 0)
-                continue
-            chunk_lines = bytes(body).split(b"\n")
-            take = first
-            while take < nlines and len(out) < max_lines:
-                line = chunk_lines[take]
-                if out and size + len(line) + 1 > max_bytes:
-                    break
-                out.append(line)
-                size += len(line) + 1
-                take += 1
-            pos = Position(cid + 1, 0) if take >= nlines else Position(cid, take)
-            if take < nlines:
+        while len(out) < max_lines and size < max_bytes:
+            rows = self.db.execute(
+                "SELECT id, lines, body FROM chunks WHERE stream=? AND id>=? ORDER BY id LIMIT 256",
+                (stream, pos.chunk),
+            ).fetchall()
+            if not rows:
                 break
+            for cid, nlines, body in rows:
+                first = pos.line if cid == pos.chunk else 0
+                chunk_lines = bytes(body).split(b"\n")
+                take = first
+                while take < nlines and len(out) < max_lines:
+                    line = chunk_lines[take]
+                    if out and size + len(line) + 1 > max_bytes:
+                        break
+                    out.append(line)
+                    size += len(line) + 1
+                    take += 1
+                pos = Position(cid + 1, 0) if take >= nlines else Position(cid, take)
+                if take < nlines:
+                    return ReadResult(out, start, pos, size)
         return ReadResult(out, start, pos, size)
 
     async def backlog(self, stream: str, pos: Position) -> int:

@@ -3,11 +3,18 @@ so tests can run several agents in one interpreter)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 
 class Metrics:
     def __init__(self) -> None:
+        disable_created_metrics()
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.received = Counter(
             "edge_readings_received", "MQTT messages received", ["subscription"], registry=r

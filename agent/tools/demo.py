@@ -18,7 +18,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from agent.tools.localservers import InfluxDB1, Mosquitto, free_port
 from agent.tools.simulate import MEASUREMENTS
 
 DEMO_CONFIG = """\
@@ -65,6 +64,8 @@ def _metric(status_port: int, name: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.tools.localservers import InfluxDB1, Mosquitto, free_port
+
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
     mqtt = Mosquitto(workdir / "mosquitto")
     influx = InfluxDB1(workdir / "influxdb")
