@@ -104,7 +104,7 @@ class Agent:
             log.warning("cursors_forgotten", consumers=forgotten,
                         note="these outputs are no longer configured")
         clock = IngestClock(await self.spool.get_meta("clock_floor"))
-        guard = RedeliveryGuard(await self.spool.load_unacked())
+        guard = RedeliveryGuard(await self.spool.load_unacked(), cfg.mqtt.receive_maximum)
         self.source = MqttSource(
             cfg.mqtt, routes_for(cfg), self.spool, clock, guard,
             DeadLetters(data / "dead-letters" / "ingest.jsonl"), self.metrics,

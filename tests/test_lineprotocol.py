@@ -179,7 +179,9 @@ def test_parse_field_values(text: str, value: FieldValue) -> None:
 
 def test_parse_line_influxdb_doc_examples() -> None:
     assert parse_line("weather,location=us\\,midwest temperature=82 1465839830100400200") == (
-        ParsedLine("weather", {"location": "us,midwest"}, {"temperature": 82.0}, 1465839830100400200)
+        ParsedLine(
+            "weather", {"location": "us,midwest"}, {"temperature": 82.0}, 1465839830100400200
+        )
     )
     assert parse_line('wea\\ ther,loc\\ ation=us temp\\=rature="too\\"hot\\""').fields == {
         "temp=rature": 'too"hot"'
@@ -216,7 +218,7 @@ def test_parse_line_duplicate_fields_keep_the_last() -> None:
         ("m f", "field key without '='"),
         ("m =1", "missing field key at column 3"),
         ("m f=", "missing field value at column 5"),
-        ("m f=1,", "field key without '='"),
+        ("m f=1,", "missing field key at column 7"),
         ("m f=,g=1", "missing field value"),
         ("m f=yes", "invalid field value 'yes' at column 5"),
         ("m f=1.5i", "invalid field value"),

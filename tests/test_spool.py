@@ -115,7 +115,7 @@ async def test_unacked_records_and_meta_survive_restart(tmp_path: Path) -> None:
     spool = await open_spool(tmp_path)
     conn = await spool.next_connection()
     await spool.ingest("raw", ["m v=1 1"], unacked=[(5, conn, b"d5"), (6, conn, b"d6")], clock_floor=99)
-    await spool.ingest("raw", [], acked=[5])
+    await spool.ingest("raw", [], settled=[5])
     await spool.close()
     spool = await open_spool(tmp_path)
     assert await spool.load_unacked() == {6: (conn, b"d6")}

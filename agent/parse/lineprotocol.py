@@ -6,8 +6,9 @@ escaped only where it has to be (before another backslash, before a character th
 escaping, or at the end of the name), so a name whose backslashes are all followed by an
 ordinary character (``C:\\temp``) is written byte for byte and read identically by every
 InfluxDB version. InfluxDB 1.x/2.x (Go) have no escape for the backslash itself: they keep
-``\\\\`` as two backslashes and reject or misread a name that ends in one. Such names still
-round-trip through this module, InfluxDB 3 and VictoriaMetrics.
+``\\\\`` as two backslashes and reject or misread a name with a backslash before another one,
+before an escaped character or at its end. Such names still round-trip through this module and
+through parsers that follow the specification (e.g. VictoriaMetrics).
 """
 
 from __future__ import annotations
@@ -239,10 +240,10 @@ def _tags(line: str, pos: int) -> tuple[dict[str, str], int]:
     end = len(line)
     while pos < end and line[pos] == ",":
         key, pos = _scan_name(line, pos + 1, _KEY_STOP, _KEY_ESCAPABLE)
-        if pos == end or line[pos] != "=":
-            raise _error("tag key without '=' and value", pos)
         if not key:
             raise _error("missing tag key", pos)
+        if pos == end or line[pos] != "=":
+            raise _error("tag key without '=' and value", pos)
         if key in tags:
             raise _error(f"duplicate tag key {key!r}", pos)
         value, value_end = _scan_name(line, pos + 1, _KEY_STOP, _KEY_ESCAPABLE)
@@ -261,10 +262,10 @@ def _fields(line: str, pos: int) -> tuple[dict[str, FieldValue], int]:
     end = len(line)
     while True:
         key, pos = _scan_name(line, pos, _KEY_STOP, _KEY_ESCAPABLE)
-        if pos == end or line[pos] != "=":
-            raise _error("field key without '=' and value", pos)
         if not key:
             raise _error("missing field key", pos)
+        if pos == end or line[pos] != "=":
+            raise _error("field key without '=' and value", pos)
         fields[key], pos = _field_value(line, pos + 1)
         if pos == end or line[pos] == " ":
             return fields, pos

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, NoReturn
 
@@ -118,7 +119,7 @@ def _value_field(payload: bytes) -> str:
     text = _decode(stripped)
     if len(text) in (4, 5):
         lowered = text.lower()
-        if lowered == "true" or lowered == "false":
+        if lowered in ("true", "false"):
             return lowered
     try:
         number = float(text)
@@ -126,7 +127,7 @@ def _value_field(payload: bytes) -> str:
         return _string_field(text)
     if not text.isascii() or "_" in text:
         return _string_field(text)  # float() also reads "1_0" and non-ASCII digits
-    if number - number == 0.0:
+    if math.isfinite(number):
         return repr(number)
     if text.lstrip("+-").lower() in _NON_FINITE_WORDS:
         return _string_field(text)
@@ -172,15 +173,21 @@ def _map_influx(rules: MappingRules, topic: str, payload: bytes, clock: IngestCl
 
 
 def _leaves(obj: Mapping[str, Any], skip: str) -> Iterator[tuple[str, Any]]:
-    """(key, leaf) pairs, nested objects joined with '_'; iterative, so depth cannot recurse."""
-    stack: list[tuple[str, Mapping[str, Any]]] = [("", obj)]
+    """(key, leaf) pairs in document order, nested objects joined with '_'.
+
+    Iterative, because json.loads accepts nesting deeper than the room left on the call stack.
+    """
+    stack: list[tuple[str, Iterator[tuple[str, Any]]]] = [("", iter(obj.items()))]
     while stack:
-        prefix, current = stack.pop()
-        for key, value in current.items():
+        prefix, items = stack[-1]
+        for key, value in items:
             if isinstance(value, dict):
-                stack.append((f"{prefix}{key}_", value))
-            elif prefix or key != skip:
+                stack.append((f"{prefix}{key}_", iter(value.items())))
+                break
+            if prefix or key != skip:
                 yield prefix + key, value
+        else:
+            stack.pop()
 
 
 def _json_field(key: str, value: Any) -> FieldValue | None:
@@ -192,7 +199,7 @@ def _json_field(key: str, value: Any) -> FieldValue | None:
             number = float(value)
         except OverflowError:
             _fail("unrepresentable", f"number in {key!r} is outside the float range")
-        if number - number != 0.0:
+        if not math.isfinite(number):
             _fail("unrepresentable", f"number in {key!r} is not finite")
         return number
     return None
@@ -205,6 +212,7 @@ def _json_point(
     obj: Mapping[str, Any],
     clock: IngestClock,
 ) -> str:
+    """One object as a line; a json_tag_keys leaf that is a scalar becomes a tag (as JSON text)."""
     tags = dict(base)
     fields: dict[str, FieldValue] = {}
     for key, leaf in _leaves(obj, rules.json_time_key):

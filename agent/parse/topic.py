@@ -21,15 +21,13 @@ def _placeholder(segment: str, template: str) -> str | None:
     if "{" not in segment and "}" not in segment:
         return None
     name = segment[1:-1]
-    if len(segment) < 2 or segment[0] != "{" or segment[-1] != "}" or "{" in name or "}" in name:
+    if segment[0] != "{" or segment[-1] != "}" or "{" in name or "}" in name:
         raise ValueError(
             f"topic template {template!r}: segment {segment!r} must be a whole {{name}} "
             "placeholder or contain no braces"
         )
     if not name:
         raise ValueError(f"topic template {template!r}: empty placeholder name")
-    if "+" in name or "#" in name:
-        raise ValueError(f"topic template {template!r}: placeholder {segment!r} contains + or #")
     return name
 
 
@@ -40,7 +38,7 @@ class TopicTemplate:
         "_field_index",
         "_literals",
         "_measurement_index",
-        "_min_segments",
+        "_multi",
         "_no_dollar",
         "_segments",
         "_tag_indexes",
@@ -82,7 +80,6 @@ class TopicTemplate:
             filter_parts.append("+")
             if name not in _RESERVED:
                 tags.append((index, name))
-        multi = segments[-1] == "#"
         self.template = template
         self.filter = "/".join(filter_parts)
         self.has_measurement = "measurement" in captured
@@ -91,9 +88,9 @@ class TopicTemplate:
         self._field_index = captured.get("field")
         self._literals = tuple(literals)
         self._tag_indexes = tuple(tags)
-        # With a trailing '#', the topic needs only the segments before it ("a/#" matches "a").
-        self._segments = None if multi else len(segments)
-        self._min_segments = len(segments) - 1 if multi else len(segments)
+        # With a trailing '#', a topic needs only the segments before it ("a/#" matches "a").
+        self._multi = segments[-1] == "#"
+        self._segments = len(segments) - 1 if self._multi else len(segments)
         # MQTT: a filter starting with a wildcard never matches a topic starting with '$'.
         self._no_dollar = filter_parts[0] in ("+", "#")
 
@@ -102,9 +99,9 @@ class TopicTemplate:
 
     def match(self, topic: str) -> TopicMatch | None:
         """Match a concrete topic; None when it does not fit the template."""
-        if self._segments is None:
-            parts = topic.split("/", self._min_segments)
-            if len(parts) < self._min_segments:
+        if self._multi:
+            parts = topic.split("/", self._segments)
+            if len(parts) < self._segments:
                 return None
         else:
             parts = topic.split("/")

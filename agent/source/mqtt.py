@@ -180,7 +180,7 @@ class MqttSource:
             payload = message.payload
             if message.qos:
                 d = digest(topic, payload)
-                if message.dup and self.guard.is_redelivery(message.mid, True, d):
+                if self.guard.is_redelivery(message.mid, message.dup, d):
                     redelivered += 1
                     continue
                 records.append((message.mid, connection, d))
@@ -189,8 +189,9 @@ class MqttSource:
             await asyncio.to_thread(self.dead_letters.write, bad)
         began = time.perf_counter()
         while True:
+            settled, purge_before = self.guard.take_settled()
             result = await self.spool.ingest(
-                "raw", lines, unacked=records, acked=self.guard.take_acked(),
+                "raw", lines, unacked=records, settled=settled, purge_before=purge_before,
                 clock_floor=self.clock.last,
             )
             for drop in result.drops:
@@ -219,7 +220,6 @@ class MqttSource:
         for message in batch:
             if message.qos:
                 acker.ack(message.mid, message.qos)
-                self.guard.acked(message.mid)
 
     def _map(
         self, topic: str, payload: bytes, lines: list[str], bad: list[dict[str, object]]

@@ -1,31 +1,35 @@
 """Telling a broker's redelivery of an already-committed message from a new message.
 
-A QoS 1 message is acknowledged only after its reading is committed, so a crash between the
-commit and the PUBACK makes the broker send it again (same packet id, DUP set) on the next
-connection. Storing it again would give the same reading a second receive timestamp: a
-duplicate point. So each commit also records (packet id, connection, digest of topic+payload)
-for the messages it holds, and erases the records of messages acknowledged since the last one.
+A QoS 1 message is acknowledged only after its reading is committed, so a crash (or a broker
+restart) between the commit and the broker processing our PUBACK makes the broker send it again
+on the next connection, with the same packet id and DUP set (mosquitto keeps both across its own
+restarts). Storing it again would give the reading a second receive timestamp: a duplicate
+point. So each commit also records (packet id, connection, digest of topic + payload) for the
+messages it holds.
+
+A record is kept until it is provably settled at the broker. Sending a PUBACK does not prove
+that (the broker may die before reading it); receiving ``receive_maximum`` further messages on
+the same connection does: the broker never has more than that many unacknowledged messages in
+flight, and our PUBACKs go out in receive order, so it could not have sent them had it not
+processed this one.
 
 Why a match can never swallow a new reading:
-- Only a message with DUP set is checked, and only against a record from an *earlier*
-  connection. Within one connection a broker never resends (MQTT 3.1.1 §4.4, 5.0 §4.4), so
-  every message on the live connection whose record is from this connection is new.
-- A broker may give packet id X to a new message only after it has received our PUBACK for the
-  previous X. That PUBACK is sent after the commit that wrote X's record, and the record is
-  erased by the first commit after the PUBACK. A new message under X that arrives before that
-  erasing commit shares the connection with it (or the connection dropped and it is never
-  acknowledged, so the broker has not freed X); it is committed in the same or a later
-  transaction, which replaces X's record with its own.
-- The digest must match too: a different topic or payload is always new.
-The remaining window, a new message reusing X with byte-identical topic and payload whose
-commit is cut by a crash while the previous X's erasing commit is too, needs the broker to
-reuse an id within one group commit; mosquitto allocates ids sequentially (65,535 before a
-reuse) while at most ``receive_maximum`` are in flight, so it cannot occur with it.
+- Only a message with DUP set is checked. Within one connection a broker never resends (MQTT
+  3.1.1 and 5.0, §4.4), and a new message is sent with DUP clear.
+- The record must come from an earlier connection and carry the same topic and payload.
+- Records of earlier connections are purged at the first message of the new connection that is
+  not a redelivery: brokers resend the unacknowledged messages first and in order, so no
+  redelivery can follow it.
+The remaining window needs a broker that gives a packet id to a new message while the previous
+holder of that id is still within the last ``receive_maximum`` messages, and a crash before that
+new message is committed, and a redelivery with identical topic and payload. mosquitto allocates
+ids sequentially (65,535 before a reuse), so with it the window does not exist.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 
 
 def digest(topic: str, payload: bytes) -> bytes:
@@ -33,30 +37,47 @@ def digest(topic: str, payload: bytes) -> bytes:
 
 
 class RedeliveryGuard:
-    def __init__(self, records: dict[int, tuple[int, bytes]]) -> None:
+    def __init__(self, records: dict[int, tuple[int, bytes]], window: int) -> None:
         self._records = records
-        self._acked: list[int] = []
+        self._window = window
+        self._recent: deque[tuple[int, bytes]] = deque()
+        self._settled: list[int] = []
+        self._purge = False
         self.connection = 0
+        self.in_redelivery_phase = False
 
     def start_connection(self, connection: int) -> None:
         self.connection = connection
+        self._recent.clear()
+        self.in_redelivery_phase = any(c < connection for c, _ in self._records.values())
 
     def is_redelivery(self, mid: int, dup: bool, message_digest: bytes) -> bool:
-        if not dup:
+        """Checks one QoS>0 message, in receive order; the first miss ends the redelivery phase."""
+        if not self.in_redelivery_phase:
             return False
         record = self._records.get(mid)
-        return record is not None and record[0] < self.connection and record[1] == message_digest
+        if dup and record is not None and record[0] < self.connection and record[1] == message_digest:
+            return True
+        self.in_redelivery_phase = False
+        self._purge = True
+        self._records = {m: r for m, r in self._records.items() if r[0] >= self.connection}
+        return False
 
     def remember(self, records: list[tuple[int, int, bytes]]) -> None:
         """Records (packet id, connection, digest) that a commit has just made durable."""
         for mid, connection, message_digest in records:
             self._records[mid] = (connection, message_digest)
+            self._recent.append((mid, message_digest))
+        while len(self._recent) > self._window:
+            mid, message_digest = self._recent.popleft()
+            if self._records.get(mid) == (self.connection, message_digest):
+                del self._records[mid]
+                self._settled.append(mid)
 
-    def acked(self, mid: int) -> None:
-        self._records.pop(mid, None)
-        self._acked.append(mid)
-
-    def take_acked(self) -> list[int]:
-        """Packet ids acknowledged since the last commit, whose records that commit erases."""
-        acked, self._acked = self._acked, []
-        return acked
+    def take_settled(self) -> tuple[list[int], int | None]:
+        """For the next commit: packet ids whose records to erase, and the connection below
+        which every record is to be purged (None: no purge)."""
+        settled, self._settled = self._settled, []
+        purge = self.connection if self._purge else None
+        self._purge = False
+        return settled, purge

@@ -286,13 +286,14 @@ class Spool:
         lines: Sequence[str],
         *,
         unacked: Iterable[tuple[int, int, bytes]] = (),
-        acked: Iterable[int] = (),
+        settled: Iterable[int] = (),
+        purge_before: int | None = None,
         clock_floor: int | None = None,
     ) -> IngestResult:
         """One group commit: the lines, the redelivery records of the messages they came from,
-        the records of messages acknowledged since the last commit, and the clock floor."""
+        the erasure of records now settled at the broker, and the clock floor."""
         result = await self._run(
-            self._ingest, stream, lines, list(unacked), list(acked), clock_floor
+            self._ingest, stream, lines, list(unacked), list(settled), purge_before, clock_floor
         )
         if result.committed and lines:
             for event in self._listeners:
@@ -304,7 +305,8 @@ class Spool:
         stream: str,
         lines: Sequence[str],
         unacked: list[tuple[int, int, bytes]],
-        acked: list[int],
+        settled: list[int],
+        purge_before: int | None,
         clock_floor: int | None,
     ) -> IngestResult:
         db = self.db
@@ -321,8 +323,10 @@ class Spool:
                         "INSERT INTO chunks(stream, created, lines, bytes, body) VALUES (?,?,?,?,?)",
                         (stream, now, len(lines), len(body), body),
                     )
-                if acked:
-                    db.executemany("DELETE FROM unacked WHERE mid=?", [(m,) for m in acked])
+                if purge_before is not None:
+                    db.execute("DELETE FROM unacked WHERE conn < ?", (purge_before,))
+                if settled:
+                    db.executemany("DELETE FROM unacked WHERE mid=?", [(m,) for m in settled])
                 if unacked:
                     db.executemany(
                         "INSERT OR REPLACE INTO unacked(mid, conn, digest) VALUES (?,?,?)", unacked

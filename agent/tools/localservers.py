@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gzip
+import http.client
 import json
 import os
 import pwd
@@ -122,7 +123,8 @@ class Server:
         """Spawn the server and wait until it answers; refuse a port someone else holds."""
         if self.running:
             raise ServerError(f"{self.name} already running (pid {self.pid})")
-        exe = shutil.which(self.binary)
+        # mosquitto lives in /usr/sbin, which a non-root user's PATH often lacks.
+        exe = shutil.which(self.binary) or shutil.which(self.binary, path="/usr/sbin:/sbin")
         if exe is None:
             raise BinaryMissingError(
                 f"{self.binary} not found on PATH; run `scripts/dev test` to install the servers"
@@ -238,7 +240,7 @@ class Server:
     def _http_ready(self, path: str, check: Callable[[int, bytes], bool]) -> bool:
         try:
             status, body = self._http("GET", path, timeout=1.0)
-        except OSError:
+        except (OSError, http.client.HTTPException):
             return False
         return check(status, body)
 
@@ -285,7 +287,7 @@ listener {self.port} {LOOPBACK}
 allow_anonymous true
 user {_current_user()}
 persistence true
-persistence_location {self.db_dir}/
+persistence_location {self.db_dir}
 autosave_interval {self.autosave_interval}
 autosave_on_changes false
 max_queued_messages 1000000
@@ -398,12 +400,10 @@ bind-address = "{LOOPBACK}:{self.rpc_port}"
     def create_database(self, name: str) -> None:
         self.query("", f"CREATE DATABASE {_ident(name)}")
 
-    def write(self, db: str, lines: str | bytes, precision: str = "ns") -> None:
-        """POST line protocol to /write (test convenience); raises on any non-2xx."""
-        body = lines.encode() if isinstance(lines, str) else lines
-        status, resp = self._http(
-            "POST", "/write", {"db": db, "precision": precision}, body=body
-        )
+    def write(self, db: str, lines: str, precision: str = "ns", *, gzip: bool = False) -> None:
+        """POST line protocol to /write (a test convenience); raise on any non-2xx."""
+        params = {"db": db, "precision": precision}
+        status, resp = self._http("POST", "/write", params, *_lp_body(lines, gzip))
         self._ok(status, resp, "write")
 
     def query(self, db: str, q: str) -> dict[str, Any]:
@@ -453,16 +453,20 @@ class VictoriaMetrics(Server):
     """VictoriaMetrics single node (Debian ships 1.79.5) as a line-protocol target.
 
     It accepts POST /write and /api/v2/write (also /influx/write); `m,tag=a value=1 <ts>`
-    becomes the series `m_value{tag="a"}`. Timestamps are kept in **milliseconds**: nanosecond
-    input (the default precision) is truncated to the millisecond (-influxTrimTimestamp=1ms),
-    and the export API returns integer ms. Unlike InfluxDB there is no upsert: writing the
-    same point twice, or two points of one series in the same millisecond, yields two samples,
-    unless the server runs with `-dedup.minScrapeInterval=1ms` (pass it in `extra_args`),
-    which keeps one sample per series and millisecond.
+    becomes the series `m_value{tag="a"}` (a `db` query arg on /write becomes a `db` label).
 
-    A 204 does not mean stored: rows reach storage asynchronously and become visible some
-    0.1-1 s later even after /internal/force_flush, so poll with `wait_for_samples`. For the
-    same reason a SIGKILL shortly after a write loses it; SIGTERM (stop/restart) flushes.
+    Timestamps are kept in **milliseconds**: nanosecond input is truncated (floored) to the
+    millisecond (-influxTrimTimestamp=1ms) and export returns integer ms. Without `precision`
+    VM guesses the unit from the magnitude (s/ms/us/ns), so always send `precision=ns`.
+    Samples more than 1 day in the future are dropped with a warning, still answering 204.
+    Unlike InfluxDB there is no upsert: the same point written twice, or two points of one
+    series within one millisecond, are two samples, unless the server runs with
+    `-dedup.minScrapeInterval=1ms` (pass it in `extra_args`), which keeps one per millisecond.
+    Unparseable lines are dropped (logged) and the request still gets 204: VM never says 400.
+
+    Visibility: after a 204 rows sit in an in-memory buffer for up to ~1 s; /internal/force_flush
+    makes them searchable at once. Durability: a SIGKILL loses roughly the last 10-15 s of
+    writes even after force_flush; SIGTERM (stop/restart) persists everything.
     """
 
     binary = "victoria-metrics"
@@ -492,21 +496,26 @@ class VictoriaMetrics(Server):
         return self._http_ready("/health", lambda status, body: status == 200 and b"OK" in body)
 
     # -- data -------------------------------------------------------------------------------
-    def write(self, lines: str | bytes, precision: str = "ns") -> None:
-        """POST line protocol to /api/v2/write (test convenience); raises on any non-2xx."""
-        body = lines.encode() if isinstance(lines, str) else lines
-        status, resp = self._http("POST", "/api/v2/write", {"precision": precision}, body=body)
+    def write(self, lines: str, precision: str = "ns", *, gzip: bool = False) -> None:
+        """POST line protocol to /api/v2/write (a test convenience); raise on any non-2xx."""
+        params = {"precision": precision}
+        status, resp = self._http("POST", "/api/v2/write", params, *_lp_body(lines, gzip))
         self._ok(status, resp, "write")
 
     def flush(self) -> None:
-        """Make rows that reached storage searchable now instead of within ~1 s."""
+        """Make buffered rows searchable now instead of within ~1 s (not durable, though)."""
         status, body = self._http("GET", "/internal/force_flush")
         self._ok(status, body, "force_flush")
 
     def export(self, match: str) -> list[dict[str, Any]]:
-        """Flush, then every matching series as {"metric", "values", "timestamps" (ms)}."""
+        """Flush, then every matching series as {"metric", "values", "timestamps" (ms)}.
+
+        `end` is explicit because VM's default is its per-second clock, which hides the
+        samples of the current second.
+        """
         self.flush()
-        status, body = self._http("GET", "/api/v1/export", {"match[]": match})
+        params = {"match[]": match, "start": "0", "end": str(int(time.time()) + 86_400)}
+        status, body = self._http("GET", "/api/v1/export", params)
         self._ok(status, body, f"export {match!r}")
         return [json.loads(line) for line in body.splitlines() if line.strip()]
 
@@ -517,7 +526,7 @@ class VictoriaMetrics(Server):
     def wait_for_samples(
         self, match: str, expected: int, timeout: float = 10.0
     ) -> list[dict[str, Any]]:
-        """Poll export until at least `expected` samples match; return the export."""
+        """Poll export until at least `expected` samples match (e.g. the agent delivering)."""
         deadline = time.monotonic() + timeout
         while True:
             series = self.export(match)
@@ -532,6 +541,8 @@ class VictoriaMetrics(Server):
             time.sleep(0.1)
 
 
-def gzip_body(lines: str) -> bytes:
-    """Gzip a line-protocol body the way the agent sends it (for tests of both servers)."""
-    return gzip.compress(lines.encode())
+def _lp_body(lines: str, compress: bool) -> tuple[bytes, dict[str, str]]:
+    """Body and headers for a line-protocol POST, gzipped like the agent sends it if asked."""
+    if compress:
+        return gzip.compress(lines.encode()), {"Content-Encoding": "gzip"}
+    return lines.encode(), {}

@@ -1,0 +1,130 @@
+"""The agent as a real subprocess, for end-to-end and crash tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from agent.tools.localservers import free_port
+
+TEMPLATE = "plant/{line}/sensor/{sensor}/{measurement}"
+
+
+def output_toml(name: str, url: str, api: str, **extra: Any) -> str:
+    keys = {"name": name, "url": url, "api": api, **extra}
+    if api == "v1":
+        keys.setdefault("database", "plants")
+    else:
+        keys.setdefault("bucket", "plants")
+        keys.setdefault("org", "acme")
+    body = "\n".join(f"{k} = {_toml(v)}" for k, v in keys.items())
+    return f"[[outputs]]\n{body}\n"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class AgentProcess:
+    def __init__(
+        self, workdir: Path, mqtt_url: str, outputs: str, extra: str = "", client_id: str = ""
+    ) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.status_port = free_port()
+        self.config = workdir / "agent.toml"
+        self.log_path = workdir / "agent.log"
+        self.config.write_text(
+            f"""
+[agent]
+name = "test"
+data_dir = "{workdir / 'data'}"
+log_format = "json"
+log_level = "info"
+shutdown_grace = "5s"
+[agent.tags]
+plant = "p001"
+[mqtt]
+url = "{mqtt_url}"
+client_id = "{client_id or 'edge-agent-test'}"
+reconnect_min = "0.2s"
+reconnect_max = "2s"
+[[mqtt.subscriptions]]
+topic = "{TEMPLATE}"
+format = "value"
+qos = 1
+[status]
+listen = "127.0.0.1:{self.status_port}"
+{extra}
+{outputs}
+"""
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+                stdout=log, stderr=log, env=env,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                self.metrics()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"agent did not start:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: the crash the spool must survive."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+    def metrics(self) -> dict[str, float]:
+        url = f"http://127.0.0.1:{self.status_port}/metrics"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def metric(self, prefix: str) -> float:
+        return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""

@@ -1,0 +1,43 @@
+"""Shared fixtures. Real servers per test (DESIGN.md §5), data under the test's tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from agent.tools.localservers import BinaryMissingError, InfluxDB1, Mosquitto, Server, VictoriaMetrics
+
+S = TypeVar("S", bound=Server)
+
+
+# --- real servers ---------------------------------------------------------------------------
+def _run(server: S) -> Iterator[S]:
+    """Start, yield, and always stop by PID; a missing binary fails loudly instead of skipping."""
+    try:
+        server.start()
+    except BinaryMissingError as e:
+        pytest.fail(str(e), pytrace=False)  # the message says: run `scripts/dev test`
+    try:
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            server.kill()  # no-op unless stop() raised with the process still around
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    yield from _run(Mosquitto(tmp_path / "mosquitto"))
+
+
+@pytest.fixture
+def influxdb(tmp_path: Path) -> Iterator[InfluxDB1]:
+    yield from _run(InfluxDB1(tmp_path / "influxdb"))
+
+
+@pytest.fixture
+def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    yield from _run(VictoriaMetrics(tmp_path / "victoria"))

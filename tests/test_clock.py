@@ -1,0 +1,152 @@
+"""The ingest clock and JSON timestamp parsing."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.parse.clock import IngestClock, parse_timestamp
+
+# --- IngestClock ------------------------------------------------------------------------------
+
+
+def test_clock_follows_the_wall_clock() -> None:
+    before = time.time_ns()
+    stamp = IngestClock().next()
+    assert before <= stamp <= time.time_ns()
+
+
+def test_clock_is_strictly_increasing_when_time_stands_still(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: 1_000)
+    clock = IngestClock()
+    assert [clock.next() for _ in range(3)] == [1_000, 1_001, 1_002]
+
+
+def test_clock_never_goes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = iter([5_000, 4_000, 6_000])
+    monkeypatch.setattr(time, "time_ns", lambda: next(now))
+    clock = IngestClock()
+    assert [clock.next() for _ in range(3)] == [5_000, 5_001, 6_000]
+
+
+def test_clock_stays_above_its_floor() -> None:
+    floor = time.time_ns() + 60 * 10**9  # e.g. a spool written before the clock stepped back
+    clock = IngestClock(floor)
+    assert [clock.next(), clock.next()] == [floor + 1, floor + 2]
+
+
+def test_last_is_the_newest_stamp_for_persisting_as_the_next_floor() -> None:
+    clock = IngestClock(5)
+    assert clock.last == 5
+    stamp = clock.next()
+    assert clock.last == stamp
+    assert IngestClock(clock.last).next() > stamp
+
+
+@settings(max_examples=200)
+@given(st.integers(min_value=0, max_value=2**62))
+def test_clock_exceeds_any_floor(floor: int) -> None:
+    clock = IngestClock(floor)
+    first = clock.next()
+    assert floor < first < clock.next()
+
+
+# --- parse_timestamp --------------------------------------------------------------------------
+
+SECOND = 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("value", "precision", "expected"),
+    [
+        (1_700_000_000, "s", 1_700_000_000 * SECOND),
+        (1_700_000_000, "ms", 1_700_000_000 * 1_000_000),
+        (1_700_000_000, "us", 1_700_000_000 * 1_000),
+        (1_700_000_000, "ns", 1_700_000_000),
+        (1.5, "s", 1_500_000_000),
+        (-2, "s", -2 * SECOND),
+    ],
+)
+def test_epoch_with_precision(value: float, precision: str, expected: int) -> None:
+    assert parse_timestamp(value, precision) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, 0),
+        (1_700_000_000, 1_700_000_000 * SECOND),  # seconds
+        (9_000_000_000, 9_000_000_000 * SECOND),  # seconds up to the int64 limit (year 2255)
+        (100_000_000_000, 100_000_000_000 * 1_000_000),  # 1e11: milliseconds
+        (1_700_000_000_123, 1_700_000_000_123_000_000),
+        (1_700_000_000_123_456, 1_700_000_000_123_456_000),  # microseconds
+        (1_700_000_000_123_456_789, 1_700_000_000_123_456_789),  # nanoseconds
+        (-1_700_000_000, -1_700_000_000 * SECOND),
+        (1_700_000_000.123, 1_700_000_000_123_000_000),  # exact, not float-rounded
+        (1_700_000_000_123.5, 1_700_000_000_123_500_000),
+    ],
+)
+def test_epoch_precision_by_magnitude(value: float, expected: int) -> None:
+    assert parse_timestamp(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1970-01-01T00:00:00Z", 0),
+        ("2023-11-14T22:13:20Z", 1_700_000_000 * SECOND),
+        ("2023-11-14T22:13:20.5Z", 1_700_000_000 * SECOND + 500_000_000),
+        ("2023-11-14T22:13:20.123456789Z", 1_700_000_000 * SECOND + 123_456_789),
+        ("2023-11-14t22:13:20.000001z", 1_700_000_000 * SECOND + 1_000),
+        ("2023-11-14 22:13:20Z", 1_700_000_000 * SECOND),
+        ("2023-11-15T00:13:20+02:00", 1_700_000_000 * SECOND),
+        ("2023-11-14T18:43:20.25-03:30", 1_700_000_000 * SECOND + 250_000_000),
+        ("1969-12-31T23:59:59.5Z", -500_000_000),
+    ],
+)
+def test_rfc3339(text: str, expected: int) -> None:
+    assert parse_timestamp(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "precision"),
+    [
+        (True, None),
+        (None, None),
+        ([1], None),
+        ({"t": 1}, None),
+        (math.nan, None),
+        (math.inf, None),
+        (1, "minutes"),
+        (10**30, "s"),  # past the int64 nanosecond range
+        (1e30, None),
+        ("1700000000", None),  # epoch numbers must be JSON numbers
+        ("2023-11-14T22:13:20", None),  # no offset
+        ("2023-11-14T22:13:20.1234567891Z", None),  # finer than ns
+        ("2023-13-14T22:13:20Z", None),
+        ("2023-02-30T00:00:00Z", None),
+        ("2023-11-14T24:00:00Z", None),
+        ("2023-11-14T22:13:20+24:00", None),
+        ("2023-11-14T22:13:20+01:60", None),
+        ("2023-11-14T22:13:20.Z", None),
+        ("0000-01-01T00:00:00Z", None),
+        ("9999-12-31T23:59:59Z", None),  # past the int64 nanosecond range
+        ("\uff12\uff10\uff12\uff13-11-14T22:13:20Z", None),  # fullwidth digits
+        ("", None),
+    ],
+)
+def test_bad_timestamps(value: object, precision: str | None) -> None:
+    with pytest.raises(ValueError):
+        parse_timestamp(value, precision)
+
+
+@settings(max_examples=200)
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
+def test_ns_integers_are_kept(value: int) -> None:
+    assert parse_timestamp(value, "ns") == value
