@@ -16,7 +16,10 @@ DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", "-c", type=Path, default=DEFAULT_CONFIG,
+        "--config",
+        "-c",
+        type=Path,
+        default=DEFAULT_CONFIG,
         help=f"path to agent.toml (default {DEFAULT_CONFIG})",
     )
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import tomllib
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -24,6 +24,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from agent.parse.topic import TopicTemplate
 from agent.units import ByteSize, Duration
 
 ENV_PREFIX = "EDGE_"
@@ -80,8 +81,6 @@ class Subscription(_Model):
 
     @model_validator(mode="after")
     def _template_is_valid(self) -> Subscription:
-        from agent.parse.topic import TopicTemplate
-
         TopicTemplate(self.topic)
         return self
 
@@ -105,7 +104,9 @@ class MQTTSection(_Model):
     def _check(self) -> MQTTSection:
         parts = urlsplit(self.url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"url {self.url!r} must look like mqtt://host:1883 or mqtts://host:8883")
+            raise ValueError(
+                f"url {self.url!r} must look like mqtt://host:1883 or mqtts://host:8883"
+            )
         object.__setattr__(
             self, "password", _read_secret(self.password_file, self.password, "password")
         )
@@ -138,7 +139,7 @@ class OutputSection(_Model):
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
-    streams: list[Literal["raw"]] = ["raw"]
+    streams: list[Literal["raw"]] = Field(default=["raw"], min_length=1)
     batch_size: int = Field(default=5000, ge=1)
     batch_bytes: ByteSize = 4 * 1024 * 1024
     flush_interval: Duration = 1.0
@@ -320,4 +321,3 @@ def load_config(path: Path) -> Config:
         return Config(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, str(path))) from exc
-

@@ -101,21 +101,32 @@ class Agent:
         await self.spool.open()
         forgotten = await self.spool.register({o.name: o.streams for o in cfg.outputs})
         if forgotten:
-            log.warning("cursors_forgotten", consumers=forgotten,
-                        note="these outputs are no longer configured")
+            log.warning(
+                "cursors_forgotten",
+                consumers=forgotten,
+                note="these outputs are no longer configured",
+            )
         clock = IngestClock(await self.spool.get_meta("clock_floor"))
         guard = RedeliveryGuard(await self.spool.load_unacked(), cfg.mqtt.receive_maximum)
         self.source = MqttSource(
-            cfg.mqtt, routes_for(cfg), self.spool, clock, guard,
-            DeadLetters(data / "dead-letters" / "ingest.jsonl"), self.metrics,
+            cfg.mqtt,
+            routes_for(cfg),
+            self.spool,
+            clock,
+            guard,
+            DeadLetters(data / "dead-letters" / "ingest.jsonl"),
+            self.metrics,
             cfg.spool.max_commit_batch,
         )
         connector = aiohttp.TCPConnector(limit=sum(o.max_in_flight for o in cfg.outputs) + 4)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         for out_cfg in cfg.outputs:
             output = Output(
-                out_cfg, self.spool, Writer(out_cfg, session),
-                DeadLetters(data / "dead-letters" / f"{out_cfg.name}.jsonl"), self.metrics,
+                out_cfg,
+                self.spool,
+                Writer(out_cfg, session),
+                DeadLetters(data / "dead-letters" / f"{out_cfg.name}.jsonl"),
+                self.metrics,
             )
             self.spool.listen(output.new_data)
             self.outputs.append(output)
@@ -126,8 +137,13 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        log.info("agent_started", name=cfg.agent.name, data_dir=str(data),
-                 outputs=[o.name for o in cfg.outputs], pid=os.getpid())
+        log.info(
+            "agent_started",
+            name=cfg.agent.name,
+            data_dir=str(data),
+            outputs=[o.name for o in cfg.outputs],
+            pid=os.getpid(),
+        )
         source_task = asyncio.create_task(self.source.run(self.stop))
         output_tasks = [asyncio.create_task(o.run(self.stop)) for o in self.outputs]
         stats_task = asyncio.create_task(self._stats_loop())
@@ -143,8 +159,11 @@ class Agent:
         if runner is not None:
             await runner.cleanup()
         await self.spool.close()
-        log.info("agent_stopped", writes_cut_at_grace=cut,
-                 note="unsent lines stay in the spool" if cut else "")
+        log.info(
+            "agent_stopped",
+            writes_cut_at_grace=cut,
+            note="unsent lines stay in the spool" if cut else "",
+        )
         return 0
 
     def _on_signal(self, sig: signal.Signals) -> None:

@@ -57,7 +57,9 @@ def parse_duration(value: object) -> float:
             seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
             pos = match.end()
         if not text or pos != len(text):
-            raise ValueError(f"cannot read {value!r} as a duration (examples: '500ms', '1m30s', '7d')")
+            raise ValueError(
+                f"cannot read {value!r} as a duration (examples: '500ms', '1m30s', '7d')"
+            )
     else:
         raise ValueError("a duration must be a number of seconds or a string like '1m30s'")
     if seconds < 0:

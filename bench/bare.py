@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop: KeyboardInterrupt
     parts = urlsplit(args.url)
     client.connect(
-        parts.hostname or "127.0.0.1", parts.port or 1883,
-        clean_start=False, properties=connect_properties(),
+        parts.hostname or "127.0.0.1",
+        parts.port or 1883,
+        clean_start=False,
+        properties=connect_properties(),
     )
     with contextlib.suppress(KeyboardInterrupt):
         client.loop_forever()

@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             forwarder.stats["failed"] += 1  # not a reading we understand: drop it
 
     client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=args.client_id, clean_session=False,
+        CallbackAPIVersion.VERSION2,
+        client_id=args.client_id,
+        clean_session=False,
         protocol=paho.MQTTv311,
     )
     client.on_connect = on_connect

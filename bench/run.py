@@ -178,8 +178,10 @@ def mqtt_session(
     """Create (subscribe, keep) or, with ``topic_filter=None``, delete a persistent session."""
     keep = topic_filter is not None
     client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id,
-        protocol=paho.MQTTv5 if v5 else paho.MQTTv311, clean_session=None if v5 else not keep,
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
+        clean_session=None if v5 else not keep,
     )
     acked = threading.Event()
     client.on_connect = lambda *_: acked.set()
@@ -262,8 +264,18 @@ def run_bare(mqtt: Mosquitto, n: int, timeout: float) -> Result:
 
     mqtt_session(mqtt, cid, True, topic_filter, SESSION_EXPIRY)
     publish(mqtt, name, n)
-    argv = ["-m", "bench.bare", "--url", mqtt.url, "--client-id", cid, "--filter", topic_filter,
-            "--expect", str(n)]
+    argv = [
+        "-m",
+        "bench.bare",
+        "--url",
+        mqtt.url,
+        "--client-id",
+        cid,
+        "--filter",
+        topic_filter,
+        "--expect",
+        str(n),
+    ]
     began = time.monotonic()
     proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -279,10 +291,15 @@ def run_bare(mqtt: Mosquitto, n: int, timeout: float) -> Result:
     counts = [int(line.split()[1]) for line in out.rest() if line.startswith("count ")]
     final = counts[0] if counts else -1
     return Result(
-        name="bare subscriber", points=n if done else max(final, 0), exact=final == n,
-        final_count=final, seconds=ended - began,
+        name="bare subscriber",
+        points=n if done else max(final, 0),
+        exact=final == n,
+        final_count=final,
+        seconds=ended - began,
         connect_seconds=float(connected.split()[1]) - began if connected else None,
-        cpu_seconds=cpu, peak_rss_mb=rss, body_bytes_per_reading=None,
+        cpu_seconds=cpu,
+        peak_rss_mb=rss,
+        body_bytes_per_reading=None,
     )
 
 
@@ -293,8 +310,20 @@ def run_baseline(mqtt: Mosquitto, influx: InfluxDB1, n: int, seconds: float) -> 
     influx.create_database(db)
     mqtt_session(mqtt, cid, False, topic_filter)
     publish(mqtt, name, n)
-    argv = ["-m", "bench.baseline", "--url", mqtt.url, "--client-id", cid, "--filter",
-            topic_filter, "--influx", influx.url, "--database", db]
+    argv = [
+        "-m",
+        "bench.baseline",
+        "--url",
+        mqtt.url,
+        "--client-id",
+        cid,
+        "--filter",
+        topic_filter,
+        "--influx",
+        influx.url,
+        "--database",
+        db,
+    ]
     began = time.monotonic()
     proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -316,20 +345,30 @@ def run_baseline(mqtt: Mosquitto, influx: InfluxDB1, n: int, seconds: float) -> 
     posted = stats.get("posted", 0)
     mqtt_session(mqtt, cid, False, None)  # drop the rest of its backlog at the broker
     return Result(
-        name="baseline (POST per message)", points=points, exact=points == n,
-        final_count=points, seconds=ended - began,
+        name="baseline (POST per message)",
+        points=points,
+        exact=points == n,
+        final_count=points,
+        seconds=ended - began,
         connect_seconds=float(connected.split()[1]) - began if connected else None,
-        cpu_seconds=cpu, peak_rss_mb=rss,
+        cpu_seconds=cpu,
+        peak_rss_mb=rss,
         body_bytes_per_reading=stats["body_bytes"] / posted if posted else None,
         extra={
-            "bounded_seconds": seconds, "posted": posted, "failed": stats.get("failed"),
+            "bounded_seconds": seconds,
+            "posted": posted,
+            "failed": stats.get("failed"),
             "request_bytes_per_reading": stats["request_bytes"] / posted if posted else None,
         },
     )
 
 
 def run_agent(
-    mqtt: Mosquitto, influx: InfluxDB1, n: int, workdir: Path, timeout: float,
+    mqtt: Mosquitto,
+    influx: InfluxDB1,
+    n: int,
+    workdir: Path,
+    timeout: float,
     profile: Path | None = None,
 ) -> Result:
     name = cid = "bench-agent"
@@ -337,10 +376,17 @@ def run_agent(
     influx.create_database(db)
     status_port = free_port()
     config = workdir / "agent.toml"
-    config.write_text(AGENT_CONFIG.format(
-        data_dir=workdir / "agent", mqtt_url=mqtt.url, client_id=cid, prefix=name,
-        influx_url=influx.url, database=db, status_port=status_port,
-    ))
+    config.write_text(
+        AGENT_CONFIG.format(
+            data_dir=workdir / "agent",
+            mqtt_url=mqtt.url,
+            client_id=cid,
+            prefix=name,
+            influx_url=influx.url,
+            database=db,
+            status_port=status_port,
+        )
+    )
     mqtt_session(mqtt, cid, True, f"{name}/+/sensor/+/+", AGENT_SESSION_EXPIRY)
     publish(mqtt, name, n)
     log_path = workdir / "agent.log"
@@ -348,7 +394,8 @@ def run_agent(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL, stderr=log,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
     spy = _attach_profiler(proc.pid, profile) if profile else None
     try:
@@ -362,9 +409,15 @@ def run_agent(
         if proc.poll() is not None:
             raise RuntimeError(f"agent exited with {proc.returncode}; see {log_path}")
         cpu, rss = cpu_seconds(proc.pid), peak_rss_mb(proc.pid)
-        sent = {k: metric(status_port, f"edge_{k}_total") for k in
-                ("output_bytes_sent", "output_lines_sent", "readings_committed",
-                 "output_requests")}
+        sent = {
+            k: metric(status_port, f"edge_{k}_total")
+            for k in (
+                "output_bytes_sent",
+                "output_lines_sent",
+                "readings_committed",
+                "output_requests",
+            )
+        }
         time.sleep(SETTLE)
         final = influx_points(influx, db)
     finally:
@@ -372,9 +425,14 @@ def run_agent(
         if spy is not None:
             spy.wait(30)
     return Result(
-        name="edge-agent", points=min(points, n), exact=final == n, final_count=final,
-        seconds=ended - began, connect_seconds=_connected_at(log_path, wall),
-        cpu_seconds=cpu, peak_rss_mb=rss,
+        name="edge-agent",
+        points=min(points, n),
+        exact=final == n,
+        final_count=final,
+        seconds=ended - began,
+        connect_seconds=_connected_at(log_path, wall),
+        cpu_seconds=cpu,
+        peak_rss_mb=rss,
         body_bytes_per_reading=sent["output_bytes_sent"] / n,
         extra={"metrics": sent},
     )
@@ -385,9 +443,21 @@ def _attach_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     output.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [exe, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--nonblocking",
-         "--output", str(output)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -407,8 +477,10 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def table(results: list[Result]) -> str:
-    head = ("| contender | points/s | exact N | points | s | connect s | CPU s | CPU µs/reading "
-            "| peak RSS MB | body B/reading |")
+    head = (
+        "| contender | points/s | exact N | points | s | connect s | CPU s | CPU µs/reading "
+        "| peak RSS MB | body B/reading |"
+    )
     rows = [head, "|" + "---|" * 10]
     for r in results:
         rows.append(
@@ -436,17 +508,32 @@ def ratios(bare: Result, baseline: Result, agent: Result) -> dict[str, dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--messages", type=int, default=100_000, help="N readings per contender")
-    p.add_argument("--baseline-seconds", type=float, default=20.0,
-                   help="stop the baseline after this long if it has not finished")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="give up on the bare subscriber or the agent after this long")
+    p.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=20.0,
+        help="stop the baseline after this long if it has not finished",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="give up on the bare subscriber or the agent after this long",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
-    p.add_argument("--profile", type=Path, metavar="FILE",
-                   help="attach py-spy to the agent, collapsed stacks to FILE (adds overhead; "
-                   "summarise with python -m bench.hotspots FILE)")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="attach py-spy to the agent, collapsed stacks to FILE (adds overhead; "
+        "summarise with python -m bench.hotspots FILE)",
+    )
     args = p.parse_args(argv)
     n = args.messages
 
@@ -487,16 +574,24 @@ def main(argv: list[str] | None = None) -> int:
         f"by polling InfluxDB every {POLL:g} s."
     )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "when": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "messages": n,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "wall_seconds": round(time.monotonic() - began, 1),
-        "results": [{**asdict(r), "rate": r.rate, "cpu_us_per_reading": r.cpu_us_per_reading}
-                    for r in results],
-        "ratios": checks,
-    }, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+                "messages": n,
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "wall_seconds": round(time.monotonic() - began, 1),
+                "results": [
+                    {**asdict(r), "rate": r.rate, "cpu_us_per_reading": r.cpu_us_per_reading}
+                    for r in results
+                ],
+                "ratios": checks,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     say(f"wrote {RESULTS} ({time.monotonic() - began:.0f} s in all)")
     return 0
 

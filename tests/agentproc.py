@@ -50,7 +50,7 @@ class AgentProcess:
             f"""
 [agent]
 name = "test"
-data_dir = "{workdir / 'data'}"
+data_dir = "{workdir / "data"}"
 log_format = "json"
 log_level = "info"
 shutdown_grace = "5s"
@@ -58,7 +58,7 @@ shutdown_grace = "5s"
 plant = "p001"
 [mqtt]
 url = "{mqtt_url}"
-client_id = "{client_id or 'edge-agent-test'}"
+client_id = "{client_id or "edge-agent-test"}"
 reconnect_min = "0.2s"
 reconnect_max = "2s"
 [[mqtt.subscriptions]]
@@ -78,7 +78,9 @@ listen = "127.0.0.1:{self.status_port}"
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
-                stdout=log, stderr=log, env=env,
+                stdout=log,
+                stderr=log,
+                env=env,
             )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

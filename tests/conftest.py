@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from agent.tools.localservers import BinaryMissingError, InfluxDB1, Mosquitto, Server, VictoriaMetrics
+
+from agent.tools.localservers import (
+    BinaryMissingError,
+    InfluxDB1,
+    Mosquitto,
+    Server,
+    VictoriaMetrics,
+)
 
 S = TypeVar("S", bound=Server)
 

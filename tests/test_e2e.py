@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from agentproc import AgentProcess, output_toml
-from agent.tools.localservers import InfluxDB1, Mosquitto, VictoriaMetrics
 
+from agent.tools.localservers import InfluxDB1, Mosquitto, VictoriaMetrics
 from agent.tools.simulate import Publisher
 
 pytestmark = pytest.mark.e2e
@@ -70,9 +70,16 @@ def test_kills_and_server_outage_lose_nothing_influxdb(
 ) -> None:
     influxdb.create_database("plants")
     agent = AgentProcess(
-        tmp_path / "agent", mosquitto.url,
-        output_toml("cloud", influxdb.url, "v1", batch_size=2000, flush_interval="0.2s",
-                    retry_max_backoff="1s"),
+        tmp_path / "agent",
+        mosquitto.url,
+        output_toml(
+            "cloud",
+            influxdb.url,
+            "v1",
+            batch_size=2000,
+            flush_interval="0.2s",
+            retry_max_backoff="1s",
+        ),
     )
     agent.start()
     done = threading.Event()
@@ -80,14 +87,16 @@ def test_kills_and_server_outage_lose_nothing_influxdb(
         target=publish, args=(mosquitto.url, N, RATE, done, "pub-influx"), daemon=True
     )
     publisher.start()
-    run_schedule([
-        (2.0, agent.kill),
-        (2.3, agent.start),
-        (4.0, influxdb.kill),  # InfluxDB survives SIGKILL (its WAL is fsynced)
-        (6.0, agent.kill),
-        (6.2, agent.start),
-        (24.0, influxdb.start),
-    ])
+    run_schedule(
+        [
+            (2.0, agent.kill),
+            (2.3, agent.start),
+            (4.0, influxdb.kill),  # InfluxDB survives SIGKILL (its WAL is fsynced)
+            (6.0, agent.kill),
+            (6.2, agent.start),
+            (24.0, influxdb.start),
+        ]
+    )
     publisher.join(timeout=120)
     assert done.is_set()
     wait_until(lambda: influxdb.count("plants", "temperature") >= N, 90, "all points", agent)
@@ -100,7 +109,8 @@ def test_broker_restart_mid_stream_loses_nothing(
 ) -> None:
     influxdb.create_database("plants")
     agent = AgentProcess(
-        tmp_path / "agent", mosquitto.url,
+        tmp_path / "agent",
+        mosquitto.url,
         output_toml("cloud", influxdb.url, "v1", batch_size=2000, flush_interval="0.2s"),
     )
     agent.start()
@@ -127,9 +137,16 @@ def test_kills_and_server_outage_lose_nothing_victoriametrics(
     tmp_path: Path, mosquitto: Mosquitto, victoria: VictoriaMetrics
 ) -> None:
     agent = AgentProcess(
-        tmp_path / "agent", mosquitto.url,
-        output_toml("cloud", victoria.url, "v2", batch_size=2000, flush_interval="0.2s",
-                    retry_max_backoff="1s"),
+        tmp_path / "agent",
+        mosquitto.url,
+        output_toml(
+            "cloud",
+            victoria.url,
+            "v2",
+            batch_size=2000,
+            flush_interval="0.2s",
+            retry_max_backoff="1s",
+        ),
     )
     agent.start()
     done = threading.Event()
@@ -137,14 +154,16 @@ def test_kills_and_server_outage_lose_nothing_victoriametrics(
         target=publish, args=(mosquitto.url, N, RATE, done, "pub-vm"), daemon=True
     )
     publisher.start()
-    run_schedule([
-        (2.0, agent.kill),
-        (2.3, agent.start),
-        (4.0, victoria.stop),  # VM keeps acknowledged rows in memory briefly: stop gracefully
-        (6.0, agent.kill),
-        (6.2, agent.start),
-        (24.0, victoria.start),
-    ])
+    run_schedule(
+        [
+            (2.0, agent.kill),
+            (2.3, agent.start),
+            (4.0, victoria.stop),  # VM keeps acknowledged rows in memory briefly: stop gracefully
+            (6.0, agent.kill),
+            (6.2, agent.start),
+            (24.0, victoria.start),
+        ]
+    )
     publisher.join(timeout=120)
     assert done.is_set()
 

@@ -36,9 +36,17 @@ class Rig:
         self.tmp = tmp
         self.server = server
         settings = {
-            "name": "cloud", "url": server.url, "api": "v2", "bucket": "b", "org": "o",
-            "token": "secret", "batch_size": 5000, "flush_interval": 0.05,
-            "retry_max_backoff": 0.05, "config_error_retry": 0.2, **cfg,
+            "name": "cloud",
+            "url": server.url,
+            "api": "v2",
+            "bucket": "b",
+            "org": "o",
+            "token": "secret",
+            "batch_size": 5000,
+            "flush_interval": 0.05,
+            "retry_max_backoff": 0.05,
+            "config_error_retry": 0.2,
+            **cfg,
         }
         self.cfg = OutputSection.model_validate(settings)
         self.metrics = Metrics()
@@ -64,8 +72,8 @@ class Rig:
         await self.session.close()
         await self.spool.close()
 
-    async def wait(self, check: Callable[[], bool], timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
+    async def wait(self, check: Callable[[], bool], limit: float = 20) -> None:
+        deadline = time.monotonic() + limit
         while not check():
             assert time.monotonic() < deadline, f"timed out; requests: {self.server.requests[-5:]}"
             await asyncio.sleep(0.02)
@@ -112,7 +120,7 @@ async def test_413_splits_and_a_lone_oversized_line_is_dead_lettered(
     tmp_path: Path, server: FaultServer
 ) -> None:
     server.max_body_bytes = 20_000
-    huge = "m,sensor=big value=\"" + "x" * 30_000 + "\" 1700000000000000000"
+    huge = 'm,sensor=big value="' + "x" * 30_000 + '" 1700000000000000000'
     async with Rig(tmp_path, server) as rig:
         await rig.spool.ingest("raw", [*lines(2500), huge, *lines(2500)[:10]])
         await rig.wait(lambda: len(server.lines) == 2510 and len(rig.dead_letters()) == 1)

@@ -21,7 +21,9 @@ def lines(prefix: str, n: int) -> list[str]:
     return [f"m,t={prefix} v={i} {i}" for i in range(n)]
 
 
-async def read_all(spool: Spool, pos: Position, max_lines: int = 1000) -> tuple[list[bytes], Position]:
+async def read_all(
+    spool: Spool, pos: Position, max_lines: int = 1000
+) -> tuple[list[bytes], Position]:
     out: list[bytes] = []
     while True:
         result = await spool.read("raw", pos, max_lines, 1 << 20)
@@ -114,7 +116,9 @@ async def test_block_policy_refuses_without_losing(tmp_path: Path) -> None:
 async def test_unacked_records_and_meta_survive_restart(tmp_path: Path) -> None:
     spool = await open_spool(tmp_path)
     conn = await spool.next_connection()
-    await spool.ingest("raw", ["m v=1 1"], unacked=[(5, conn, b"d5"), (6, conn, b"d6")], clock_floor=99)
+    await spool.ingest(
+        "raw", ["m v=1 1"], unacked=[(5, conn, b"d5"), (6, conn, b"d6")], clock_floor=99
+    )
     await spool.ingest("raw", [], settled=[5])
     await spool.close()
     spool = await open_spool(tmp_path)

@@ -67,7 +67,9 @@ class Output:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch batches until ``stop``; the caller then calls ``drain``."""
-        heads = {s: await self.spool.cursor(self.name, s) for s in self.cfg.streams}
+        heads: dict[str, Position] = {
+            s: await self.spool.cursor(self.name, s) for s in self.cfg.streams
+        }
         partial_since: float | None = None
         while not stop.is_set():
             stream, batch = await self._next_batch(heads)
@@ -219,18 +221,27 @@ class Output:
             self._set_unhealthy(outcome)
         if state.attempt_number in (1, 2, 5) or state.attempt_number % 20 == 0:
             log.warning(
-                "write_retry", output=self.name, outcome=outcome.label, action=outcome.action.value,
-                attempt=state.attempt_number, retry_in=round(wait, 2), error=outcome.message[:300],
+                "write_retry",
+                output=self.name,
+                outcome=outcome.label,
+                action=outcome.action.value,
+                attempt=state.attempt_number,
+                retry_in=round(wait, 2),
+                error=outcome.message[:300],
             )
 
     def _set_unhealthy(self, outcome: Outcome) -> None:
-        problem = (
-            f"HTTP {outcome.status} from {self.writer.target.url}: check url, "
-            f"{'token, org and bucket' if self.cfg.api == 'v2' else 'username, password and database'}"
+        problem = f"HTTP {outcome.status} from {self.writer.target.url}: check url, " + (
+            "token, org and bucket" if self.cfg.api == "v2" else "username, password, database"
         )
         if self.healthy:
-            log.error("output_config_error", output=self.name, problem=problem,
-                      server_said=outcome.message[:300], note="nothing is dropped; retrying slowly")
+            log.error(
+                "output_config_error",
+                output=self.name,
+                problem=problem,
+                server_said=outcome.message[:300],
+                note="nothing is dropped; retrying slowly",
+            )
         self.healthy = False
         self.problem = problem
         self.metrics.output_healthy.labels(self.name).set(0)
@@ -248,8 +259,13 @@ class Output:
         await asyncio.to_thread(self.dead_letters.write, [record])
         self.metrics.dead_letters.labels(self.name).inc()
         self.metrics.dropped.labels("dead_letter").inc()
-        log.error("line_dead_lettered", output=self.name, status=outcome.status,
-                  server_said=outcome.message[:300], line=text[:200])
+        log.error(
+            "line_dead_lettered",
+            output=self.name,
+            status=outcome.status,
+            server_said=outcome.message[:300],
+            line=text[:200],
+        )
 
 
 @dataclass(frozen=True, slots=True)

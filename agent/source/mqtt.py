@@ -93,7 +93,7 @@ class MqttSource:
         v5 = cfg.protocol == "5"
         properties = None
         if v5:
-            properties = Properties(PacketTypes.CONNECT)
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = int(cfg.session_expiry)
             properties.ReceiveMaximum = cfg.receive_maximum
         return aiomqtt.Client(
@@ -177,7 +177,7 @@ class MqttSource:
         connection = self.guard.connection
         for message in batch:
             topic = message.topic
-            payload = message.payload
+            payload = bytes(message.payload)
             if message.qos:
                 d = digest(topic, payload)
                 if self.guard.is_redelivery(message.mid, message.dup, d):
@@ -191,12 +191,18 @@ class MqttSource:
         while True:
             settled, purge_before = self.guard.take_settled()
             result = await self.spool.ingest(
-                "raw", lines, unacked=records, settled=settled, purge_before=purge_before,
+                "raw",
+                lines,
+                unacked=records,
+                settled=settled,
+                purge_before=purge_before,
                 clock_floor=self.clock.last,
             )
             for drop in result.drops:
                 self.metrics.dropped.labels(drop.reason).inc(drop.lines)
-                log.warning("spool_dropped", stream=drop.stream, reason=drop.reason, lines=drop.lines)
+                log.warning(
+                    "spool_dropped", stream=drop.stream, reason=drop.reason, lines=drop.lines
+                )
             if result.committed:
                 break
             self.blocked = True
@@ -244,7 +250,10 @@ class MqttSource:
         suppressed = self._bad_log.allow(reason)
         if suppressed is not None:
             log.warning(
-                "payload_rejected", topic=topic, reason=reason, error=error,
+                "payload_rejected",
+                topic=topic,
+                reason=reason,
+                error=error,
                 suppressed_since_last=suppressed,
             )
 

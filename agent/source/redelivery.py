@@ -56,7 +56,12 @@ class RedeliveryGuard:
         if not self.in_redelivery_phase:
             return False
         record = self._records.get(mid)
-        if dup and record is not None and record[0] < self.connection and record[1] == message_digest:
+        if (
+            dup
+            and record is not None
+            and record[0] < self.connection
+            and record[1] == message_digest
+        ):
             return True
         self.in_redelivery_phase = False
         self._purge = True

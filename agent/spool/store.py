@@ -188,7 +188,9 @@ class Spool:
             forgotten: list[str] = []
             with _transaction(db):
                 wanted = {(c, s) for c, streams in consumers.items() for s in streams}
-                for consumer, stream in db.execute("SELECT consumer, stream FROM cursors").fetchall():
+                for consumer, stream in db.execute(
+                    "SELECT consumer, stream FROM cursors"
+                ).fetchall():
                     if (consumer, stream) not in wanted:
                         db.execute(
                             "DELETE FROM cursors WHERE consumer=? AND stream=?", (consumer, stream)
@@ -257,7 +259,9 @@ class Spool:
             return
         self._delete_where(stream, "id < ?", (low.chunk,))
 
-    def _delete_where(self, stream: str, where: str, args: tuple[object, ...]) -> list[tuple[int, int]]:
+    def _delete_where(
+        self, stream: str, where: str, args: tuple[object, ...]
+    ) -> list[tuple[int, int]]:
         rows = self.db.execute(
             f"SELECT id, lines, bytes FROM chunks WHERE stream=? AND {where}", (stream, *args)
         ).fetchall()
@@ -320,7 +324,8 @@ class Spool:
                     return IngestResult(False, drops, plan.blocked_reason)
                 if lines:
                     db.execute(
-                        "INSERT INTO chunks(stream, created, lines, bytes, body) VALUES (?,?,?,?,?)",
+                        "INSERT INTO chunks(stream, created, lines, bytes, body) "
+                        "VALUES (?,?,?,?,?)",
                         (stream, now, len(lines), len(body), body),
                     )
                 if purge_before is not None:
@@ -389,13 +394,16 @@ class Spool:
     def _reload_stats(self) -> None:
         self.stats = {}
         for stream, chunks, lines, size, oldest in self.db.execute(
-            "SELECT stream, count(*), sum(lines), sum(bytes), min(created) FROM chunks GROUP BY stream"
+            "SELECT stream, count(*), sum(lines), sum(bytes), min(created) "
+            "FROM chunks GROUP BY stream"
         ):
             self.stats[stream] = StreamStats(chunks, lines, size, oldest)
 
     # -- read ------------------------------------------------------------------------------------
 
-    async def read(self, stream: str, start: Position, max_lines: int, max_bytes: int) -> ReadResult:
+    async def read(
+        self, stream: str, start: Position, max_lines: int, max_bytes: int
+    ) -> ReadResult:
         return await self._run(self._read, stream, start, max_lines, max_bytes)
 
     def _read(self, stream: str, start: Position, max_lines: int, max_bytes: int) -> ReadResult:

@@ -14,7 +14,7 @@ from prometheus_client import (
 
 class Metrics:
     def __init__(self) -> None:
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.received = Counter(
             "edge_readings_received", "MQTT messages received", ["subscription"], registry=r

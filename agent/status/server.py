@@ -1,4 +1,4 @@
-"""/healthz, /readyz and /metrics over HTTP, for systemd watchdogs, load balancers and Prometheus."""
+"""/healthz, /readyz and /metrics over HTTP, for systemd, load balancers and Prometheus."""
 
 from __future__ import annotations
 

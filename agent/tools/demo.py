@@ -79,25 +79,44 @@ def run(args: argparse.Namespace) -> int:
         config = workdir / "agent.toml"
         config.write_text(
             DEMO_CONFIG.format(
-                data_dir=workdir / "agent", mqtt_url=mqtt.url, influx_url=influx.url,
+                data_dir=workdir / "agent",
+                mqtt_url=mqtt.url,
+                influx_url=influx.url,
                 status_port=status_port,
             )
         )
         log_path = workdir / "agent.log"
         agent_proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL, stderr=log_path.open("wb"),
+            stdout=subprocess.DEVNULL,
+            stderr=log_path.open("wb"),
         )
         _say(f"agent running (pid {agent_proc.pid}), log in {log_path}")
         time.sleep(1.5)
         summary = workdir / "published.json"
         sim = subprocess.Popen(
-            [sys.executable, "-m", "agent", "simulate", "--url", mqtt.url, "--lines", "4",
-             "--sensors", "25", "--rate", str(args.rate), "--duration", str(args.duration),
-             "--summary", str(summary)],
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "simulate",
+                "--url",
+                mqtt.url,
+                "--lines",
+                "4",
+                "--sensors",
+                "25",
+                "--rate",
+                str(args.rate),
+                "--duration",
+                str(args.duration),
+                "--summary",
+                str(summary),
+            ],
         )
         _say(f"simulator: 4 lines x 25 sensors, {args.rate:g} readings/s for {args.duration:g}s")
         if args.outage:
+
             def outage() -> None:
                 time.sleep(args.duration / 3)
                 _say(f"taking InfluxDB down for {args.outage:g}s (link outage)")
@@ -127,8 +146,11 @@ def run(args: argparse.Namespace) -> int:
         sent_bytes = _metric(status_port, "edge_output_bytes_sent_total")
         retries = _metric(status_port, "edge_output_retries_total")
         print()
-        _say(f"bytes on the wire: {sent_bytes:,.0f} ({sent_bytes / max(1, published['published']):.1f}"
-             f" per reading, gzip); write retries during the outage: {retries:.0f}")
+        _say(
+            f"bytes on the wire: {sent_bytes:,.0f} "
+            f"({sent_bytes / max(1, published['published']):.1f}"
+            f" per reading, gzip); write retries during the outage: {retries:.0f}"
+        )
         _say("exact match: every reading arrived once" if ok else "MISMATCH: see the agent log")
         return 0 if ok else 1
     finally:

@@ -137,8 +137,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--prefix", default="plant", help="first topic segment")
     p.add_argument("--lines", type=int, default=2, help="production lines")
     p.add_argument("--sensors", type=int, default=8, help="sensors per line")
-    p.add_argument("--rate", type=float, default=100.0, help="messages per second in total (0 = as fast as possible)")
-    p.add_argument("--duration", type=float, default=0.0, help="seconds to run (0 = until --count or Ctrl-C)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=100.0,
+        help="messages per second in total (0 = as fast as possible)",
+    )
+    p.add_argument(
+        "--duration", type=float, default=0.0, help="seconds to run (0 = until --count or Ctrl-C)"
+    )
     p.add_argument("--count", type=int, default=None, help="stop after this many messages")
     p.add_argument("--qos", type=int, choices=(0, 1), default=1)
     p.add_argument("--seed", type=int, default=1)

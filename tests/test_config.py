@@ -1,0 +1,120 @@
+"""Config: TOML, environment overrides, secrets from files, and errors that name key and file."""
+
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.config import ConfigError, load_config
+from agent.units import parse_duration, parse_size
+
+BASE = """
+[agent]
+name = "plant-001"
+data_dir = "{data}"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[[mqtt.subscriptions]]
+topic = "plant/{{line}}/sensor/{{sensor}}/{{measurement}}"
+[[outputs]]
+name = "cloud"
+url = "http://127.0.0.1:8086"
+bucket = "plants"
+org = "acme"
+token_file = "{token}"
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    token = tmp_path / "influx.token"
+    token.write_text("s3cret-token\n")
+    path = tmp_path / "agent.toml"
+    path.write_text(BASE.format(data=tmp_path / "data", token=token))
+    return path
+
+
+def test_defaults_and_secret_file(config: Path) -> None:
+    cfg = load_config(config)
+    assert cfg.mqtt.client_id == "edge-agent-plant-001"
+    assert cfg.outputs[0].token is not None
+    assert cfg.outputs[0].token.get_secret_value() == "s3cret-token"
+    assert cfg.spool.max_size == 1024**3 and cfg.spool.when_full == "drop_oldest"
+    assert cfg.status.host_port == ("127.0.0.1", 9466)
+
+
+def test_env_overrides_sections_and_list_items(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGE_SPOOL__MAX_SIZE", "2GiB")
+    monkeypatch.setenv("EDGE_MQTT__RECEIVE_MAXIMUM", "500")
+    monkeypatch.setenv("EDGE_OUTPUTS__CLOUD__BATCH_SIZE", "100")
+    monkeypatch.setenv("EDGE_OUTPUTS__0__FLUSH_INTERVAL", "250ms")
+    monkeypatch.setenv("EDGE_MQTT__SUBSCRIPTIONS__0__FORMAT", "json")
+    cfg = load_config(config)
+    assert cfg.spool.max_size == 2 * 1024**3
+    assert cfg.mqtt.receive_maximum == 500
+    assert cfg.outputs[0].batch_size == 100
+    assert cfg.outputs[0].flush_interval == 0.25
+    assert cfg.mqtt.subscriptions[0].format == "json"
+
+
+def test_unknown_key_is_an_error_naming_key_and_file(config: Path) -> None:
+    config.write_text(config.read_text() + "\n[spool]\nmax_sise = '1GiB'\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config)
+    assert "spool.max_sise" in str(err.value) and str(config) in str(err.value)
+
+
+def test_unknown_env_key_is_an_error(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_SPOOL__MAX_SIS", "1")
+    with pytest.raises(ConfigError, match="max_sis"):
+        load_config(config)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ('[spool]\nwhen_full = "panic"\n', "spool.when_full"),
+        ('[spool]\nmax_age = "soon"\n', "duration"),
+        ('[status]\nlisten = "127.0.0.1:9466"\n[mqtt.tls]\nca_file = 3\n', "mqtt"),
+    ],
+)
+def test_bad_values_are_named(config: Path, extra: str, needle: str) -> None:
+    config.write_text(config.read_text() + extra)
+    with pytest.raises(ConfigError, match=needle):
+        load_config(config)
+
+
+def test_bad_topic_template(config: Path) -> None:
+    config.write_text(config.read_text().replace("{line}", "x{line}"))
+    with pytest.raises(ConfigError, match=r"mqtt\.subscriptions\.0"):
+        load_config(config)
+
+
+def test_qos2_is_refused(config: Path) -> None:
+    text = config.read_text().replace('{measurement}"\n', '{measurement}"\nqos = 2\n', 1)
+    config.write_text(text)
+    with pytest.raises(ConfigError, match="qos"):
+        load_config(config)
+
+
+def test_check_config_masks_secrets(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret-token" not in out and '"token": "********"' in out
+
+
+def test_check_config_fails_on_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_units() -> None:
+    assert parse_duration("1m30s") == 90 and parse_duration("500ms") == 0.5
+    assert parse_duration(7) == 7 and parse_duration("7d") == 7 * 86400
+    assert parse_size("1GiB") == 1024**3 and parse_size("500MB") == 500_000_000
+    with pytest.raises(ValueError):
+        parse_duration("1 fortnight")
+    with pytest.raises(ValueError):
+        parse_size("lots")
