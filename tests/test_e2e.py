@@ -53,6 +53,30 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, agent: Agen
     raise AssertionError(f"timed out waiting for {what}\n--- agent log ---\n{agent.log_tail()}")
 
 
+def kills_and_outage(
+    agent: AgentProcess, mqtt_url: str, take_down: Callable[[], None], bring_up: Callable[[], None]
+) -> None:
+    """N readings published while the agent is SIGKILLed twice and the server is down 20 s."""
+    agent.start()
+    done = threading.Event()
+    publisher = threading.Thread(
+        target=publish, args=(mqtt_url, N, RATE, done, "publisher"), daemon=True
+    )
+    publisher.start()
+    run_schedule(
+        [
+            (2.0, agent.kill),
+            (2.3, agent.start),
+            (4.0, take_down),
+            (6.0, agent.kill),
+            (6.2, agent.start),
+            (24.0, bring_up),
+        ]
+    )
+    publisher.join(timeout=120)
+    assert done.is_set()
+
+
 def influx_values(influx: InfluxDB1) -> list[tuple[int, float]]:
     return [(row["time"], row["value"]) for row in influx.rows("plants", "temperature")]
 
@@ -81,24 +105,8 @@ def test_kills_and_server_outage_lose_nothing_influxdb(
             retry_max_backoff="1s",
         ),
     )
-    agent.start()
-    done = threading.Event()
-    publisher = threading.Thread(
-        target=publish, args=(mosquitto.url, N, RATE, done, "pub-influx"), daemon=True
-    )
-    publisher.start()
-    run_schedule(
-        [
-            (2.0, agent.kill),
-            (2.3, agent.start),
-            (4.0, influxdb.kill),  # InfluxDB survives SIGKILL (its WAL is fsynced)
-            (6.0, agent.kill),
-            (6.2, agent.start),
-            (24.0, influxdb.start),
-        ]
-    )
-    publisher.join(timeout=120)
-    assert done.is_set()
+    # InfluxDB survives SIGKILL (its WAL is fsynced): kill it.
+    kills_and_outage(agent, mosquitto.url, influxdb.kill, influxdb.start)
     wait_until(lambda: influxdb.count("plants", "temperature") >= N, 90, "all points", agent)
     assert agent.stop() == 0
     assert_exact_influx(influxdb)
@@ -148,24 +156,8 @@ def test_kills_and_server_outage_lose_nothing_victoriametrics(
             retry_max_backoff="1s",
         ),
     )
-    agent.start()
-    done = threading.Event()
-    publisher = threading.Thread(
-        target=publish, args=(mosquitto.url, N, RATE, done, "pub-vm"), daemon=True
-    )
-    publisher.start()
-    run_schedule(
-        [
-            (2.0, agent.kill),
-            (2.3, agent.start),
-            (4.0, victoria.stop),  # VM keeps acknowledged rows in memory briefly: stop gracefully
-            (6.0, agent.kill),
-            (6.2, agent.start),
-            (24.0, victoria.start),
-        ]
-    )
-    publisher.join(timeout=120)
-    assert done.is_set()
+    # VM keeps acknowledged rows in memory for a moment: stop it gracefully.
+    kills_and_outage(agent, mosquitto.url, victoria.stop, victoria.start)
 
     def distinct() -> set[float]:
         return {v for s in victoria.export('{__name__="temperature_value"}') for v in s["values"]}
