@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import aiohttp
@@ -14,6 +16,8 @@ from agent.config import OutputSection
 from agent.forward.classify import Outcome, classify, failure
 
 GZIP_OFF_LOOP = 128 * 1024
+# One compression thread for all outputs: each extra thread costs its own malloc arena.
+_GZIP_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gzip")
 ERROR_TEXT_LIMIT = 2048
 
 
@@ -60,7 +64,9 @@ async def encode_body(lines: list[bytes], level: int) -> bytes:
     if level == 0:
         return body
     if len(body) >= GZIP_OFF_LOOP:
-        return await asyncio.to_thread(gzip.compress, body, level, mtime=0)
+        return await asyncio.get_running_loop().run_in_executor(
+            _GZIP_THREAD, functools.partial(gzip.compress, body, level, mtime=0)
+        )
     return gzip.compress(body, level, mtime=0)
 
 
