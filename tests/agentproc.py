@@ -87,11 +87,12 @@ listen = "127.0.0.1:{self.status_port}"
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                self.metrics()
-                return
+                if self.metrics().get("edge_mqtt_connected") == 1:
+                    return
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"agent did not start:\n{self.log_tail()}")
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"agent did not connect and subscribe:\n{self.log_tail()}")
 
     def kill(self) -> None:
         """SIGKILL: the crash the spool must survive."""

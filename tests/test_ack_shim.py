@@ -11,7 +11,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.source.ack import Message, attach
+from agent.source.ack import Received, attach
 from agent.tools.localservers import Mosquitto
 from agent.tools.simulate import Publisher
 
@@ -36,8 +36,8 @@ async def test_aiomqtt_still_wraps_a_paho_client() -> None:
     assert callable(c._client.manual_ack_set) and callable(c._client.ack)
 
 
-async def collect(port: int, want: int, ack: bool) -> list[Message]:
-    got: list[Message] = []
+async def collect(port: int, want: int, ack: bool) -> list[Received]:
+    got: list[Received] = []
     c = client(port)
     acker = attach(c, got.append)
     async with c:

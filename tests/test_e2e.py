@@ -50,7 +50,14 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, agent: Agen
         if check():
             return
         time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n--- agent log ---\n{agent.log_tail()}")
+    try:
+        state = {k: v for k, v in agent.metrics().items() if k.startswith("edge_")}
+    except OSError as exc:
+        state = {"metrics unavailable": str(exc)}
+    raise AssertionError(
+        f"timed out waiting for {what}\n--- agent metrics ---\n{state}"
+        f"\n--- agent log ---\n{agent.log_tail()}"
+    )
 
 
 def kills_and_outage(
@@ -84,7 +91,8 @@ def influx_values(influx: InfluxDB1) -> list[tuple[int, float]]:
 def assert_exact_influx(influx: InfluxDB1) -> None:
     rows = influx_values(influx)
     values = sorted(int(v) for _, v in rows)
-    assert len(rows) == N, f"{len(rows)} points, expected {N}"
+    missing = sorted(set(range(N)) - set(values))
+    assert len(rows) == N, f"{len(rows)} points, expected {N}; missing: {missing[:50]}"
     assert values == list(range(N)), "a reading is missing or stored twice"
     assert len({t for t, _ in rows}) == N
 

@@ -19,7 +19,7 @@ from agent.deadletter import DeadLetters, payload_record
 from agent.logs import RateLimited
 from agent.parse.clock import IngestClock
 from agent.parse.payload import MappingRules, PayloadError, map_payload
-from agent.source.ack import Acker, Message, attach
+from agent.source.ack import Acker, Received, attach
 from agent.source.redelivery import RedeliveryGuard, digest
 from agent.spool.store import Spool
 from agent.status.metrics import Metrics
@@ -58,12 +58,12 @@ class MqttSource:
         self.max_commit_batch = max_commit_batch
         self.connected = False
         self.blocked = False
-        self._buffer: list[Message] = []
+        self._buffer: list[Received] = []
         self._wake = asyncio.Event()
         self._bad_log = RateLimited()
         self._received: dict[str, int] = {}
 
-    def _deliver(self, message: Message) -> None:
+    def _deliver(self, message: Received) -> None:
         self._buffer.append(message)
         self._wake.set()
 
@@ -128,12 +128,13 @@ class MqttSource:
         client = self._client()
         acker = attach(client, self._deliver)
         async with client:
+            for route in self.routes:
+                await client.subscribe(route.rules.template.filter, qos=route.qos)
+            # Connected means subscribed: on a new session, nothing published earlier is queued.
             self.connected = True
             self.metrics.mqtt_connected.set(1)
             self.metrics.mqtt_connects.labels("ok").inc()
             log.info("mqtt_connected", url=self.cfg.url, client_id=self.cfg.client_id)
-            for route in self.routes:
-                await client.subscribe(route.rules.template.filter, qos=route.qos)
             watch = asyncio.create_task(_until_disconnected(client))
             stopping = asyncio.create_task(stop.wait())
             try:
@@ -169,21 +170,19 @@ class MqttSource:
                 # Intake stops here: whatever arrives now stays unacknowledged at the broker.
                 return
 
-    async def _commit(self, batch: list[Message], acker: Acker, watch: asyncio.Task[None]) -> None:
+    async def _commit(self, batch: list[Received], acker: Acker, watch: asyncio.Task[None]) -> None:
         lines: list[str] = []
         records: list[tuple[int, int, bytes]] = []
         bad: list[dict[str, object]] = []
         redelivered = 0
         connection = self.guard.connection
-        for message in batch:
-            topic = message.topic
-            payload = bytes(message.payload)
-            if message.qos:
+        for topic, payload, mid, qos, dup in batch:
+            if qos:
                 d = digest(topic, payload)
-                if self.guard.is_redelivery(message.mid, message.dup, d):
+                if self.guard.is_redelivery(mid, dup, d):
                     redelivered += 1
                     continue
-                records.append((message.mid, connection, d))
+                records.append((mid, connection, d))
             self._map(topic, payload, lines, bad)
         if bad:
             await asyncio.to_thread(self.dead_letters.write, bad)
