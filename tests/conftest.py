@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from agentproc import AgentProcess
 
 from agent.tools.localservers import (
     BinaryMissingError,
@@ -48,3 +49,15 @@ def influxdb(tmp_path: Path) -> Iterator[InfluxDB1]:
 @pytest.fixture
 def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     yield from _run(VictoriaMetrics(tmp_path / "victoria"))
+
+
+# --- the agent as a subprocess ----------------------------------------------------------------
+@pytest.fixture
+def agents() -> Iterator[list[AgentProcess]]:
+    """Every AgentProcess a test appends here is killed at teardown, pass or fail."""
+    started: list[AgentProcess] = []
+    yield started
+    for agent in started:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait(timeout=10)

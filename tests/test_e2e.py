@@ -98,7 +98,7 @@ def assert_exact_influx(influx: InfluxDB1) -> None:
 
 
 def test_kills_and_server_outage_lose_nothing_influxdb(
-    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, agents: list[AgentProcess]
 ) -> None:
     influxdb.create_database("plants")
     agent = AgentProcess(
@@ -113,6 +113,7 @@ def test_kills_and_server_outage_lose_nothing_influxdb(
             retry_max_backoff="1s",
         ),
     )
+    agents.append(agent)
     # InfluxDB survives SIGKILL (its WAL is fsynced): kill it.
     kills_and_outage(agent, mosquitto.url, influxdb.kill, influxdb.start)
     wait_until(lambda: influxdb.count("plants", "temperature") >= N, 90, "all points", agent)
@@ -121,7 +122,7 @@ def test_kills_and_server_outage_lose_nothing_influxdb(
 
 
 def test_broker_restart_mid_stream_loses_nothing(
-    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, agents: list[AgentProcess]
 ) -> None:
     influxdb.create_database("plants")
     agent = AgentProcess(
@@ -129,6 +130,7 @@ def test_broker_restart_mid_stream_loses_nothing(
         mosquitto.url,
         output_toml("cloud", influxdb.url, "v1", batch_size=2000, flush_interval="0.2s"),
     )
+    agents.append(agent)
     agent.start()
     # The publisher itself must survive the broker restart: publish in two halves around it.
     done = threading.Event()
@@ -150,7 +152,10 @@ def test_broker_restart_mid_stream_loses_nothing(
 
 
 def test_kills_and_server_outage_lose_nothing_victoriametrics(
-    tmp_path: Path, mosquitto: Mosquitto, victoria: VictoriaMetrics
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    victoria: VictoriaMetrics,
+    agents: list[AgentProcess],
 ) -> None:
     agent = AgentProcess(
         tmp_path / "agent",
@@ -164,6 +169,7 @@ def test_kills_and_server_outage_lose_nothing_victoriametrics(
             retry_max_backoff="1s",
         ),
     )
+    agents.append(agent)
     # VM keeps acknowledged rows in memory for a moment: stop it gracefully.
     kills_and_outage(agent, mosquitto.url, victoria.stop, victoria.start)
 

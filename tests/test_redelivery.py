@@ -3,8 +3,8 @@ from agent.source.redelivery import RedeliveryGuard, digest
 D = digest("t/a", b"1.5")
 
 
-def guard_after_crash(records: dict[int, tuple[int, bytes]], window: int = 10) -> RedeliveryGuard:
-    guard = RedeliveryGuard(records, window)
+def guard_after_crash(records: dict[int, tuple[int, bytes]]) -> RedeliveryGuard:
+    guard = RedeliveryGuard(records)
     guard.start_connection(2)
     return guard
 
@@ -15,7 +15,7 @@ def test_redelivery_after_reconnect_is_recognised() -> None:
 
 
 def test_same_connection_is_never_a_redelivery() -> None:
-    guard = RedeliveryGuard({}, 10)
+    guard = RedeliveryGuard({})
     guard.start_connection(1)
     guard.remember([(7, 1, D)])
     assert not guard.is_redelivery(7, True, D)
@@ -40,13 +40,37 @@ def test_first_miss_ends_the_redelivery_phase_and_purges() -> None:
     assert guard.take_settled() == ([], None)
 
 
-def test_records_settle_after_a_window_of_newer_messages() -> None:
-    guard = RedeliveryGuard({}, window=3)
+def test_records_settle_only_when_a_barrier_returns() -> None:
+    guard = RedeliveryGuard({})
     guard.start_connection(1)
-    guard.remember([(m, 1, digest("t", str(m).encode())) for m in range(1, 6)])
-    assert guard.take_settled() == ([1, 2], None)
+    guard.remember([(m, 1, digest("t", str(m).encode())) for m in range(1, 4)])
+    pending = guard.begin_barrier()
+    guard.remember([(4, 1, digest("t", b"4"))])
+    assert guard.take_settled() == ([], None)
+    guard.end_barrier(pending)
+    assert guard.take_settled() == ([1, 2, 3], None)
     guard.start_connection(2)
-    assert not guard.is_redelivery(1, True, digest("t", b"1"))
+    assert not guard.is_redelivery(1, True, digest("t", b"1"))  # settled: forgotten
+
+
+def test_unsettled_records_survive_a_failed_barrier() -> None:
+    guard = RedeliveryGuard({})
+    guard.start_connection(1)
+    d = digest("t", b"1")
+    guard.remember([(1, 1, d)])
+    guard.barrier_failed(guard.begin_barrier())
+    guard.start_connection(2)
+    assert guard.is_redelivery(1, True, d)
+
+
+def test_a_reused_id_is_not_settled_by_the_old_barrier() -> None:
+    guard = RedeliveryGuard({})
+    guard.start_connection(1)
+    guard.remember([(1, 1, digest("t", b"old"))])
+    pending = guard.begin_barrier()
+    guard.remember([(1, 1, digest("t", b"new"))])
+    guard.end_barrier(pending)
+    assert guard.take_settled() == ([], None)
 
 
 def test_digest_separates_topic_and_payload() -> None:

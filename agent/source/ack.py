@@ -5,6 +5,7 @@ reaches for it, and tests/test_ack_shim.py breaks if aiomqtt or paho change unde
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -28,26 +29,57 @@ class Received(NamedTuple):
 READS_PER_WAKEUP = 256
 
 
-class Acker:
-    """Sends the PUBACK for a message once its reading is committed to the spool."""
+class Intake:
+    """Manual PUBACK, and a socket reader the source can pause.
+
+    Pausing matters because a broker may send more than the Receive Maximum we announced
+    (mosquitto 2.0.11 stops counting after the first PUBACK): with the reader paused, TCP flow
+    control makes the broker keep the surplus, instead of our memory.
+    """
 
     def __init__(self, client: paho.Client) -> None:
         self._client = client
+        self.paused = False
 
     def ack(self, mid: int, qos: int) -> None:
         if qos > 0:
             self._client.ack(mid, qos)
 
+    def pause(self) -> None:
+        sock = self._client.socket()
+        if self.paused or sock is None:
+            return
+        self.paused = True
+        asyncio.get_running_loop().remove_reader(sock.fileno())
 
-def attach(client: aiomqtt.Client, deliver: Callable[[Received], None]) -> Acker:
+    def resume(self) -> None:
+        sock = self._client.socket()
+        if not self.paused or sock is None:
+            return
+        self.paused = False
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        """The same work as aiomqtt's own reader, which ``pause`` removed."""
+        try:
+            self._client.loop_read()
+            sock = self._client.socket()
+            while sock is not None and getattr(sock, "pending", lambda: 0)() > 0:
+                self._client.loop_read()
+        except Exception:  # the connection is broken: let paho report the disconnect
+            self._client.disconnect()
+
+
+def attach(client: aiomqtt.Client, deliver: Callable[[Received], None]) -> Intake:
     """Route raw paho messages to ``deliver`` and switch off paho's automatic acknowledgement.
 
     Must be called before the client connects: a persistent session's queued messages arrive
     right after CONNACK. Bypassing aiomqtt's per-message Task and queue also keeps the hot path
-    short (one list append per message).
+    short (one tuple per message).
     """
     inner: paho.Client = client._client  # aiomqtt's wrapped paho client
     inner.manual_ack_set(True)
+    intake = Intake(inner)
     delivered = [0]
 
     def on_message(_client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
@@ -56,22 +88,22 @@ def attach(client: aiomqtt.Client, deliver: Callable[[Received], None]) -> Acker
         deliver(Received(message.topic, payload, message.mid, message.qos, message.dup))
 
     inner.on_message = on_message
-    inner.loop_read = _draining(inner.loop_read, delivered)  # type: ignore[method-assign]
-    return Acker(inner)
+    inner.loop_read = _draining(inner.loop_read, delivered, intake)  # type: ignore[method-assign]
+    return intake
 
 
 def _draining(
-    loop_read: Callable[[], MQTTErrorCode], delivered: list[int]
+    loop_read: Callable[[], MQTTErrorCode], delivered: list[int], intake: Intake
 ) -> Callable[..., MQTTErrorCode]:
     """paho reads one packet per ``loop_read`` and aiomqtt calls it once per readable event,
     which costs an event-loop turn and an epoll call per message. Keep reading while packets
-    keep coming (bounded, so other tasks still run)."""
+    keep coming (bounded, so other tasks still run), unless the intake was paused."""
 
     def loop_read_many(max_packets: int = 1) -> MQTTErrorCode:
         rc = loop_read()
         for _ in range(READS_PER_WAKEUP - 1):
             before = delivered[0]
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or intake.paused:
                 break
             rc = loop_read()
             if delivered[0] == before:

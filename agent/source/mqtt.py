@@ -19,7 +19,7 @@ from agent.deadletter import DeadLetters, payload_record
 from agent.logs import RateLimited
 from agent.parse.clock import IngestClock
 from agent.parse.payload import MappingRules, PayloadError, map_payload
-from agent.source.ack import Acker, Received, attach
+from agent.source.ack import Intake, Received, attach
 from agent.source.redelivery import RedeliveryGuard, digest
 from agent.spool.store import Spool
 from agent.status.metrics import Metrics
@@ -62,10 +62,17 @@ class MqttSource:
         self._wake = asyncio.Event()
         self._bad_log = RateLimited()
         self._received: dict[str, int] = {}
+        self._intake: Intake | None = None
+        self._barrier: asyncio.Task[None] | None = None
+        self._barrier_topic = f"edge-agent/barrier/{cfg.client_id}"
 
     def _deliver(self, message: Received) -> None:
         self._buffer.append(message)
         self._wake.set()
+        # Not before SUBACK: a paused reader could not read it. Until our first PUBACK the
+        # broker's own flow control holds (receive_maximum).
+        if self.connected and len(self._buffer) >= self.cfg.receive_maximum and self._intake:
+            self._intake.pause()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, consume, reconnect with capped, jittered backoff, until ``stop`` is set."""
@@ -126,7 +133,7 @@ class MqttSource:
         self.guard.start_connection(connection)
         self._buffer.clear()
         client = self._client()
-        acker = attach(client, self._deliver)
+        intake = self._intake = attach(client, self._deliver)
         async with client:
             for route in self.routes:
                 await client.subscribe(route.rules.template.filter, qos=route.qos)
@@ -138,15 +145,22 @@ class MqttSource:
             watch = asyncio.create_task(_until_disconnected(client))
             stopping = asyncio.create_task(stop.wait())
             try:
-                await self._commit_loop(acker, watch, stopping)
+                await self._commit_loop(client, intake, watch, stopping)
             finally:
                 watch.cancel()
                 stopping.cancel()
+                if self._barrier is not None:
+                    self._barrier.cancel()
+                self._intake = None
             if watch.done() and not watch.cancelled() and watch.exception():
                 raise aiomqtt.MqttError(str(watch.exception()))
 
     async def _commit_loop(
-        self, acker: Acker, watch: asyncio.Task[None], stopping: asyncio.Task[bool]
+        self,
+        client: aiomqtt.Client,
+        intake: Intake,
+        watch: asyncio.Task[None],
+        stopping: asyncio.Task[bool],
     ) -> None:
         """Group commit: everything that arrived during the last commit goes into the next."""
         while True:
@@ -165,12 +179,18 @@ class MqttSource:
                 return
             batch = self._buffer[: self.max_commit_batch]
             del self._buffer[: self.max_commit_batch]
-            await self._commit(batch, acker, watch)
+            if len(self._buffer) < self.cfg.receive_maximum:
+                intake.resume()
+            await self._commit(batch, intake, watch)
+            if not watch.done():
+                self._start_barrier(client)
             if stopping.done():
                 # Intake stops here: whatever arrives now stays unacknowledged at the broker.
                 return
 
-    async def _commit(self, batch: list[Received], acker: Acker, watch: asyncio.Task[None]) -> None:
+    async def _commit(
+        self, batch: list[Received], intake: Intake, watch: asyncio.Task[None]
+    ) -> None:
         lines: list[str] = []
         records: list[tuple[int, int, bytes]] = []
         bad: list[dict[str, object]] = []
@@ -224,7 +244,25 @@ class MqttSource:
             return
         for message in batch:
             if message.qos:
-                acker.ack(message.mid, message.qos)
+                intake.ack(message.mid, message.qos)
+
+    def _start_barrier(self, client: aiomqtt.Client) -> None:
+        """Prove that the broker has processed the PUBACKs sent so far, so their redelivery
+        records can be erased: an UNSUBSCRIBE of a filter we never use, queued behind them on
+        the same connection, is answered only after the broker has read everything before it."""
+        if self._barrier is not None and not self._barrier.done():
+            return
+        pending = self.guard.begin_barrier()
+        if pending:
+            self._barrier = asyncio.create_task(self._settle(client, pending))
+
+    async def _settle(self, client: aiomqtt.Client, pending: list[tuple[int, bytes]]) -> None:
+        try:
+            await client.unsubscribe(self._barrier_topic, timeout=30)
+        except aiomqtt.MqttError:
+            self.guard.barrier_failed(pending)
+            return
+        self.guard.end_barrier(pending)
 
     def _map(
         self, topic: str, payload: bytes, lines: list[str], bad: list[dict[str, object]]

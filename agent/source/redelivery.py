@@ -7,11 +7,11 @@ restarts). Storing it again would give the reading a second receive timestamp: a
 point. So each commit also records (packet id, connection, digest of topic + payload) for the
 messages it holds.
 
-A record is kept until it is provably settled at the broker. Sending a PUBACK does not prove
-that (the broker may die before reading it); receiving ``receive_maximum`` further messages on
-the same connection does: the broker never has more than that many unacknowledged messages in
-flight, and our PUBACKs go out in receive order, so it could not have sent them had it not
-processed this one.
+A record is kept until it is proven settled at the broker. Having sent the PUBACK proves
+nothing (the broker may die before reading it), and neither does the broker's flow control
+(mosquitto 2.0.11 ignores Receive Maximum once acknowledgements flow). The proof is a barrier:
+an UNSUBSCRIBE queued on the same connection after the PUBACKs. A broker reads a connection in
+order, so its UNSUBACK means it has processed every PUBACK before it.
 
 Why a match can never swallow a new reading:
 - Only a message with DUP set is checked. Within one connection a broker never resends (MQTT
@@ -20,16 +20,17 @@ Why a match can never swallow a new reading:
 - Records of earlier connections are purged at the first message of the new connection that is
   not a redelivery: brokers resend the unacknowledged messages first and in order, so no
   redelivery can follow it.
-The remaining window needs a broker that gives a packet id to a new message while the previous
-holder of that id is still within the last ``receive_maximum`` messages, and a crash before that
-new message is committed, and a redelivery with identical topic and payload. mosquitto allocates
-ids sequentially (65,535 before a reuse), so with it the window does not exist.
+- Between two barriers, the broker cannot give a new message the packet id of a record that is
+  still unsettled unless it has read our PUBACK for it. A new message under that id that is
+  not committed before a crash, and is then redelivered with identical topic and payload, would
+  be matched. That needs the broker to reuse an id within one barrier round trip (a few
+  milliseconds); mosquitto allocates ids sequentially (65,535 before a reuse), so with it this
+  cannot happen.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 
 
 def digest(topic: str, payload: bytes) -> bytes:
@@ -37,10 +38,9 @@ def digest(topic: str, payload: bytes) -> bytes:
 
 
 class RedeliveryGuard:
-    def __init__(self, records: dict[int, tuple[int, bytes]], window: int) -> None:
+    def __init__(self, records: dict[int, tuple[int, bytes]]) -> None:
         self._records = records
-        self._window = window
-        self._recent: deque[tuple[int, bytes]] = deque()
+        self._unsettled: list[tuple[int, bytes]] = []
         self._settled: list[int] = []
         self._purge = False
         self.connection = 0
@@ -48,7 +48,7 @@ class RedeliveryGuard:
 
     def start_connection(self, connection: int) -> None:
         self.connection = connection
-        self._recent.clear()
+        self._unsettled.clear()
         self.in_redelivery_phase = any(c < connection for c, _ in self._records.values())
 
     def is_redelivery(self, mid: int, dup: bool, message_digest: bytes) -> bool:
@@ -72,12 +72,21 @@ class RedeliveryGuard:
         """Records (packet id, connection, digest) that a commit has just made durable."""
         for mid, connection, message_digest in records:
             self._records[mid] = (connection, message_digest)
-            self._recent.append((mid, message_digest))
-        while len(self._recent) > self._window:
-            mid, message_digest = self._recent.popleft()
+            self._unsettled.append((mid, message_digest))
+
+    def begin_barrier(self) -> list[tuple[int, bytes]]:
+        """The records whose PUBACKs are already queued: the next barrier settles them."""
+        pending, self._unsettled = self._unsettled, []
+        return pending
+
+    def end_barrier(self, pending: list[tuple[int, bytes]]) -> None:
+        for mid, message_digest in pending:
             if self._records.get(mid) == (self.connection, message_digest):
                 del self._records[mid]
                 self._settled.append(mid)
+
+    def barrier_failed(self, pending: list[tuple[int, bytes]]) -> None:
+        self._unsettled[:0] = pending
 
     def take_settled(self) -> tuple[list[int], int | None]:
         """For the next commit: packet ids whose records to erase, and the connection below

@@ -10,6 +10,7 @@ connection, keeping disk waits off the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sqlite3
 import time
@@ -43,7 +44,7 @@ CREATE TABLE IF NOT EXISTS cursors (
 CREATE TABLE IF NOT EXISTS unacked (
     mid INTEGER PRIMARY KEY,
     conn INTEGER NOT NULL,
-    digest BLOB NOT NULL
+    digest TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -173,7 +174,7 @@ class Spool:
     async def load_unacked(self) -> dict[int, tuple[int, bytes]]:
         def _load() -> dict[int, tuple[int, bytes]]:
             rows = self.db.execute("SELECT mid, conn, digest FROM unacked")
-            return {mid: (conn, digest) for mid, conn, digest in rows}
+            return {mid: (conn, bytes.fromhex(digest)) for mid, conn, digest in rows}
 
         return await self._run(_load)
 
@@ -330,11 +331,19 @@ class Spool:
                     )
                 if purge_before is not None:
                     db.execute("DELETE FROM unacked WHERE conn < ?", (purge_before,))
+                # One statement each, rows unpacked by SQLite from JSON: executemany would drop and
+                # retake the GIL for every row, which the MQTT thread makes slow.
                 if settled:
-                    db.executemany("DELETE FROM unacked WHERE mid=?", [(m,) for m in settled])
+                    db.execute(
+                        "DELETE FROM unacked WHERE mid IN (SELECT value FROM json_each(?))",
+                        (json.dumps(settled),),
+                    )
                 if unacked:
-                    db.executemany(
-                        "INSERT OR REPLACE INTO unacked(mid, conn, digest) VALUES (?,?,?)", unacked
+                    db.execute(
+                        "INSERT OR REPLACE INTO unacked(mid, conn, digest) "
+                        "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+                        "json_extract(value, '$[2]') FROM json_each(?)",
+                        (json.dumps([(m, c, d.hex()) for m, c, d in unacked]),),
                     )
                 if clock_floor is not None:
                     db.execute(

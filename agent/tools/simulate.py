@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+MAX_UNACKED = 20_000
 MEASUREMENTS = {
     "temperature": (65.0, 0.2),
     "pressure": (4.2, 0.01),
@@ -67,6 +68,7 @@ class Publisher:
         parts = urlsplit(url)
         self.qos = qos
         self.acked = 0
+        self.sent = 0
         self._lock = threading.Lock()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         self.client.max_inflight_messages_set(max_inflight)
@@ -82,7 +84,11 @@ class Publisher:
             self.acked += 1
 
     def publish(self, topic: str, payload: str) -> None:
+        # paho's packet ids wrap at 65,535: more unacknowledged publishes than that collide.
+        if self.qos and self.sent - self.acked >= MAX_UNACKED:
+            self.wait_acked(self.sent - MAX_UNACKED // 2, timeout=60)
         self.client.publish(topic, payload, qos=self.qos)
+        self.sent += 1
 
     def wait_acked(self, count: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
