@@ -118,7 +118,7 @@ class Agent:
                 note="these outputs are no longer configured",
             )
         clock = IngestClock(await self.spool.get_meta("clock_floor"))
-        guard = RedeliveryGuard(await self.spool.load_unacked())
+        guard = RedeliveryGuard()
         self.source = MqttSource(
             cfg.mqtt,
             routes_for(cfg),

@@ -4,8 +4,8 @@ D = digest("t/a", b"1.5")
 
 
 def guard_after_crash(records: dict[int, tuple[int, bytes]]) -> RedeliveryGuard:
-    guard = RedeliveryGuard(records)
-    guard.start_connection(2)
+    guard = RedeliveryGuard()
+    guard.start_connection(2, records)
     return guard
 
 
@@ -14,10 +14,9 @@ def test_redelivery_after_reconnect_is_recognised() -> None:
     assert guard.is_redelivery(7, True, D)
 
 
-def test_same_connection_is_never_a_redelivery() -> None:
-    guard = RedeliveryGuard({})
-    guard.start_connection(1)
-    guard.remember([(7, 1, D)])
+def test_records_of_the_live_connection_are_never_candidates() -> None:
+    guard = RedeliveryGuard()
+    guard.start_connection(1, {7: (1, D)})
     assert not guard.is_redelivery(7, True, D)
 
 
@@ -36,41 +35,36 @@ def test_first_miss_ends_the_redelivery_phase_and_purges() -> None:
     assert guard.is_redelivery(7, True, D)
     assert not guard.is_redelivery(9, False, D)
     assert not guard.is_redelivery(8, True, D)  # a redelivery cannot follow a new message
+    assert not guard.in_redelivery_phase
     assert guard.take_settled() == ([], 2)
     assert guard.take_settled() == ([], None)
 
 
 def test_records_settle_only_when_a_barrier_returns() -> None:
-    guard = RedeliveryGuard({})
-    guard.start_connection(1)
-    guard.remember([(m, 1, digest("t", str(m).encode())) for m in range(1, 4)])
+    guard = RedeliveryGuard()
+    guard.start_connection(1, {})
+    records = [(m, 1, digest("t", str(m).encode())) for m in range(1, 4)]
+    guard.remember(records)
     pending = guard.begin_barrier()
     guard.remember([(4, 1, digest("t", b"4"))])
     assert guard.take_settled() == ([], None)
     guard.end_barrier(pending)
-    assert guard.take_settled() == ([1, 2, 3], None)
-    guard.start_connection(2)
-    assert not guard.is_redelivery(1, True, digest("t", b"1"))  # settled: forgotten
+    settled, purge = guard.take_settled()
+    assert purge is None and len(settled) == 1
+    mids, digests = settled[0]
+    assert mids.tolist() == [1, 2, 3] and digests == b"".join(d for _, _, d in records)
+    assert guard.begin_barrier()[0].tolist() == [4]
 
 
 def test_unsettled_records_survive_a_failed_barrier() -> None:
-    guard = RedeliveryGuard({})
-    guard.start_connection(1)
-    d = digest("t", b"1")
-    guard.remember([(1, 1, d)])
-    guard.barrier_failed(guard.begin_barrier())
-    guard.start_connection(2)
-    assert guard.is_redelivery(1, True, d)
-
-
-def test_a_reused_id_is_not_settled_by_the_old_barrier() -> None:
-    guard = RedeliveryGuard({})
-    guard.start_connection(1)
-    guard.remember([(1, 1, digest("t", b"old"))])
-    pending = guard.begin_barrier()
-    guard.remember([(1, 1, digest("t", b"new"))])
-    guard.end_barrier(pending)
-    assert guard.take_settled() == ([], None)
+    guard = RedeliveryGuard()
+    guard.start_connection(1, {})
+    guard.remember([(1, 1, D)])
+    first = guard.begin_barrier()
+    guard.remember([(2, 1, D)])
+    guard.barrier_failed(first)
+    mids, digests = guard.begin_barrier()
+    assert mids.tolist() == [1, 2] and digests == D + D
 
 
 def test_digest_separates_topic_and_payload() -> None:

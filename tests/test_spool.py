@@ -119,7 +119,7 @@ async def test_unacked_records_and_meta_survive_restart(tmp_path: Path) -> None:
     await spool.ingest(
         "raw", ["m v=1 1"], unacked=[(5, conn, b"d5"), (6, conn, b"d6")], clock_floor=99
     )
-    await spool.ingest("raw", [], settled=[5])
+    await spool.ingest("raw", [], settled=[([5, 6], b"d5xx")])  # 6 was reused: kept
     await spool.close()
     spool = await open_spool(tmp_path)
     assert await spool.load_unacked() == {6: (conn, b"d6")}

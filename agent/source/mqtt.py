@@ -20,7 +20,7 @@ from agent.logs import RateLimited
 from agent.parse.clock import IngestClock
 from agent.parse.payload import MappingRules, PayloadError, map_payload
 from agent.source.ack import Intake, Received, attach
-from agent.source.redelivery import RedeliveryGuard, digest
+from agent.source.redelivery import Pending, RedeliveryGuard, digest
 from agent.spool.store import Spool
 from agent.status.metrics import Metrics
 
@@ -130,7 +130,7 @@ class MqttSource:
 
     async def _session(self, stop: asyncio.Event) -> None:
         connection = await self.spool.next_connection()
-        self.guard.start_connection(connection)
+        self.guard.start_connection(connection, await self.spool.load_unacked())
         self._buffer.clear()
         client = self._client()
         intake = self._intake = attach(client, self._deliver)
@@ -256,7 +256,7 @@ class MqttSource:
         if pending:
             self._barrier = asyncio.create_task(self._settle(client, pending))
 
-    async def _settle(self, client: aiomqtt.Client, pending: list[tuple[int, bytes]]) -> None:
+    async def _settle(self, client: aiomqtt.Client, pending: Pending) -> None:
         try:
             await client.unsubscribe(self._barrier_topic, timeout=30)
         except aiomqtt.MqttError:

@@ -31,66 +31,81 @@ Why a match can never swallow a new reading:
 from __future__ import annotations
 
 import hashlib
+from array import array
+
+DIGEST_SIZE = 12
 
 
 def digest(topic: str, payload: bytes) -> bytes:
-    return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=12).digest()
+    return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=DIGEST_SIZE).digest()
+
+
+Pending = tuple["array[int]", bytes]
+"""Packet ids, and their digests end to end (DIGEST_SIZE bytes each): compact, as a backlog
+drained before a barrier returns can hold hundreds of thousands."""
 
 
 class RedeliveryGuard:
-    def __init__(self, records: dict[int, tuple[int, bytes]]) -> None:
-        self._records = records
-        self._unsettled: list[tuple[int, bytes]] = []
-        self._settled: list[int] = []
+    """Only the records of earlier connections are held in memory (the candidates, loaded from
+    the spool when a connection starts); the records of the live connection exist only in the
+    spool, plus a compact list of those awaiting a barrier (14 bytes each)."""
+
+    def __init__(self) -> None:
+        self._candidates: dict[int, tuple[int, bytes]] = {}
+        self._pending_mids = array("H")
+        self._pending_digests = bytearray()
+        self._settled: list[Pending] = []
         self._purge = False
         self.connection = 0
-        self.in_redelivery_phase = False
 
-    def start_connection(self, connection: int) -> None:
+    def start_connection(self, connection: int, records: dict[int, tuple[int, bytes]]) -> None:
+        """``records``: every record in the spool; those of earlier connections are candidates."""
         self.connection = connection
-        self._unsettled.clear()
-        self.in_redelivery_phase = any(c < connection for c, _ in self._records.values())
+        self._candidates = {m: r for m, r in records.items() if r[0] < connection}
+        self._pending_mids = array("H")
+        self._pending_digests = bytearray()
+
+    @property
+    def in_redelivery_phase(self) -> bool:
+        return bool(self._candidates)
 
     def is_redelivery(self, mid: int, dup: bool, message_digest: bytes) -> bool:
         """Checks one QoS>0 message, in receive order; the first miss ends the redelivery phase."""
-        if not self.in_redelivery_phase:
+        if not self._candidates:
             return False
-        record = self._records.get(mid)
-        if (
-            dup
-            and record is not None
-            and record[0] < self.connection
-            and record[1] == message_digest
-        ):
+        record = self._candidates.get(mid)
+        if dup and record is not None and record[1] == message_digest:
             return True
-        self.in_redelivery_phase = False
+        self._candidates = {}
         self._purge = True
-        self._records = {m: r for m, r in self._records.items() if r[0] >= self.connection}
         return False
 
     def remember(self, records: list[tuple[int, int, bytes]]) -> None:
         """Records (packet id, connection, digest) that a commit has just made durable."""
-        for mid, connection, message_digest in records:
-            self._records[mid] = (connection, message_digest)
-            self._unsettled.append((mid, message_digest))
+        for mid, _connection, message_digest in records:
+            self._pending_mids.append(mid)
+            self._pending_digests += message_digest
 
-    def begin_barrier(self) -> list[tuple[int, bytes]]:
+    def begin_barrier(self) -> Pending:
         """The records whose PUBACKs are already queued: the next barrier settles them."""
-        pending, self._unsettled = self._unsettled, []
+        pending = (self._pending_mids, bytes(self._pending_digests))
+        self._pending_mids = array("H")
+        self._pending_digests = bytearray()
         return pending
 
-    def end_barrier(self, pending: list[tuple[int, bytes]]) -> None:
-        for mid, message_digest in pending:
-            if self._records.get(mid) == (self.connection, message_digest):
-                del self._records[mid]
-                self._settled.append(mid)
+    def end_barrier(self, pending: Pending) -> None:
+        if pending[0]:
+            self._settled.append(pending)
 
-    def barrier_failed(self, pending: list[tuple[int, bytes]]) -> None:
-        self._unsettled[:0] = pending
+    def barrier_failed(self, pending: Pending) -> None:
+        mids, digests = pending
+        self._pending_mids[:0] = mids
+        self._pending_digests[:0] = digests
 
-    def take_settled(self) -> tuple[list[int], int | None]:
-        """For the next commit: packet ids whose records to erase, and the connection below
-        which every record is to be purged (None: no purge)."""
+    def take_settled(self) -> tuple[list[Pending], int | None]:
+        """For the next commit: (packet id, digest) of records to erase (only if unchanged: an
+        id reused since then belongs to a newer message), and the connection below which every
+        record is to be purged (None: no purge)."""
         settled, self._settled = self._settled, []
         purge = self.connection if self._purge else None
         self._purge = False

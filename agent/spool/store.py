@@ -23,6 +23,7 @@ from typing import Literal, TypeVar
 from agent.spool.budget import Budget, ChunkInfo, DropPlan, plan_drops
 
 T = TypeVar("T")
+ERASE_SLICE = 4096
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -291,7 +292,7 @@ class Spool:
         lines: Sequence[str],
         *,
         unacked: Iterable[tuple[int, int, bytes]] = (),
-        settled: Iterable[int] = (),
+        settled: Iterable[tuple[Sequence[int], bytes]] = (),
         purge_before: int | None = None,
         clock_floor: int | None = None,
     ) -> IngestResult:
@@ -310,7 +311,7 @@ class Spool:
         stream: str,
         lines: Sequence[str],
         unacked: list[tuple[int, int, bytes]],
-        settled: list[int],
+        settled: list[tuple[Sequence[int], bytes]],
         purge_before: int | None,
         clock_floor: int | None,
     ) -> IngestResult:
@@ -333,11 +334,8 @@ class Spool:
                     db.execute("DELETE FROM unacked WHERE conn < ?", (purge_before,))
                 # One statement each, rows unpacked by SQLite from JSON: executemany would drop and
                 # retake the GIL for every row, which the MQTT thread makes slow.
-                if settled:
-                    db.execute(
-                        "DELETE FROM unacked WHERE mid IN (SELECT value FROM json_each(?))",
-                        (json.dumps(settled),),
-                    )
+                for mids, digests in settled:
+                    self._erase_records(mids, digests)
                 if unacked:
                     db.execute(
                         "INSERT OR REPLACE INTO unacked(mid, conn, digest) "
@@ -363,6 +361,22 @@ class Spool:
             if stats.oldest is None:
                 stats.oldest = now
         return IngestResult(True, drops)
+
+    def _erase_records(self, mids: Sequence[int], digests: bytes) -> None:
+        """Erase settled redelivery records, in slices so a large backlog stays cheap in memory;
+        a record whose digest differs belongs to a newer message that reused the id: kept."""
+        size = len(digests) // len(mids)
+        for start in range(0, len(mids), ERASE_SLICE):
+            part = [
+                (mids[i], digests[i * size : (i + 1) * size].hex())
+                for i in range(start, min(start + ERASE_SLICE, len(mids)))
+            ]
+            self.db.execute(
+                "DELETE FROM unacked WHERE rowid IN (SELECT u.rowid FROM json_each(?) j "
+                "JOIN unacked u ON u.mid = json_extract(j.value, '$[0]') "
+                "AND u.digest = json_extract(j.value, '$[1]'))",
+                (json.dumps(part),),
+            )
 
     def _plan(self, incoming: int, now: float) -> DropPlan:
         total = sum(s.bytes for s in self.stats.values())
@@ -420,8 +434,10 @@ class Spool:
         size = 0
         pos = start
         while len(out) < max_lines and size < max_bytes:
+            # A few chunks per query: bodies are loaded whole, and a backlog of large chunks
+            # fetched at once would cost tens of MB.
             rows = self.db.execute(
-                "SELECT id, lines, body FROM chunks WHERE stream=? AND id>=? ORDER BY id LIMIT 256",
+                "SELECT id, lines, body FROM chunks WHERE stream=? AND id>=? ORDER BY id LIMIT 8",
                 (stream, pos.chunk),
             ).fetchall()
             if not rows:
