@@ -184,3 +184,29 @@ def test_kills_and_server_outage_lose_nothing_victoriametrics(
     # VM keeps a resent sample twice (no upsert), so compare distinct (time, value) pairs: each
     # reading must appear with exactly one timestamp.
     assert values == list(range(N))
+
+
+def test_sigterm_during_outage_exits_cleanly_and_keeps_everything(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, agents: list[AgentProcess]
+) -> None:
+    influxdb.create_database("plants")
+    agent = AgentProcess(
+        tmp_path / "agent",
+        mosquitto.url,
+        output_toml("cloud", influxdb.url, "v1", batch_size=500, flush_interval="0.1s"),
+    )
+    agents.append(agent)
+    agent.start()
+    influxdb.kill()
+    n = 5_000
+    done = threading.Event()
+    publish(mosquitto.url, n, RATE, done, "publisher")
+    wait_until(lambda: agent.metric("edge_readings_committed_total") >= n, 30, "commits", agent)
+    began = time.monotonic()
+    assert agent.stop(timeout=20) == 0  # every in-flight slot is stuck retrying
+    assert time.monotonic() - began < 15  # shutdown_grace is 5 s
+    influxdb.start()
+    agent.start()
+    wait_until(lambda: influxdb.count("plants", "temperature") >= n, 60, "all points", agent)
+    assert agent.stop() == 0
+    assert sorted(int(v) for _, v in influx_values(influxdb)) == list(range(n))

@@ -82,7 +82,8 @@ class Output:
             full = len(batch.lines) >= self.cfg.batch_size or batch.bytes >= self.cfg.batch_bytes
             deadline = partial_since + self.cfg.flush_interval
             if full or time.monotonic() >= deadline:
-                await self._slots.acquire()
+                if not await self._take_slot(stop):
+                    return
                 heads[stream] = batch.end
                 partial_since = None
                 self._dispatch(stream, batch.lines, batch.end)
@@ -90,6 +91,21 @@ class Output:
             await self._wait_for_data(
                 stop, stream, self.cfg.batch_size - len(batch.lines), deadline
             )
+
+    async def _take_slot(self, stop: asyncio.Event) -> bool:
+        """A free in-flight slot, or False once ``stop`` is set: with the server down every slot
+        is held by a retrying batch, and shutdown must not wait for one to free up."""
+        slot = asyncio.ensure_future(self._slots.acquire())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((slot, stopper), return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if slot.done() and not slot.cancelled():
+            if stop.is_set():
+                self._slots.release()
+                return False
+            return True
+        slot.cancel()
+        return False
 
     async def _wait_for_data(
         self, stop: asyncio.Event, stream: str | None, missing: int, deadline: float
