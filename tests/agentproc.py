@@ -39,8 +39,15 @@ def _toml(value: Any) -> str:
 
 class AgentProcess:
     def __init__(
-        self, workdir: Path, mqtt_url: str, outputs: str, extra: str = "", client_id: str = ""
+        self,
+        workdir: Path,
+        mqtt_url: str,
+        outputs: str,
+        extra: str = "",
+        client_id: str = "",
+        mqtt_extra: str = "",
     ) -> None:
+        """``mqtt_extra``: TOML for the [mqtt] table (keys, then sub-tables such as [mqtt.tls])."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.status_port = free_port()
@@ -61,6 +68,7 @@ url = "{mqtt_url}"
 client_id = "{client_id or "edge-agent-test"}"
 reconnect_min = "0.2s"
 reconnect_max = "2s"
+{mqtt_extra}
 [[mqtt.subscriptions]]
 topic = "{TEMPLATE}"
 format = "value"
@@ -73,7 +81,7 @@ listen = "127.0.0.1:{self.status_port}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, wait_connected: bool = True) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -87,7 +95,7 @@ listen = "127.0.0.1:{self.status_port}"
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if self.metrics().get("edge_mqtt_connected") == 1:
+                if self.metrics().get("edge_mqtt_connected") == 1 or not wait_connected:
                     return
             except OSError:
                 pass

@@ -268,10 +268,18 @@ class Mosquitto(Server):
     name = "mosquitto"
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, *, autosave_interval: int = 1
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        autosave_interval: int = 1,
+        security: str | None = None,
     ) -> None:
+        """``security``: conf lines for the listener instead of ``allow_anonymous true`` (TLS
+        files, password_file, ...); the readiness check is then a plain TCP accept."""
         super().__init__(data_dir, port)
         self.autosave_interval = autosave_interval
+        self.security = security
         self.conf_path = self.data_dir / "mosquitto.conf"
         self.db_dir = self.data_dir / "mosquitto-db"
 
@@ -284,7 +292,7 @@ class Mosquitto(Server):
         self.conf_path.write_text(
             f"""\
 listener {self.port} {LOOPBACK}
-allow_anonymous true
+{self.security or "allow_anonymous true"}
 user {_current_user()}
 persistence true
 persistence_location {self.db_dir}
@@ -309,6 +317,8 @@ log_timestamp_format %Y-%m-%dT%H:%M:%S
 
     def _ready(self) -> bool:
         """A full MQTT 3.1.1 CONNECT/CONNACK, so we know a broker (ours) really answers."""
+        if self.security is not None:
+            return port_accepts(self.port)
         connect = bytes(
             [0x10, 12, 0, 4, *b"MQTT", 4, 0x02, 0, 10, 0, 0]
         )  # clean session, keepalive 10 s, empty client id

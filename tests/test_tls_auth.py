@@ -1,0 +1,171 @@
+"""The MQTT source over TLS with a client certificate and a password, against a real mosquitto
+(certificates made here with openssl, for 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from agentproc import AgentProcess, output_toml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.tools.localservers import InfluxDB1, Mosquitto
+
+pytestmark = pytest.mark.e2e
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        cwd=d,
+    )
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, cn in (("server", "127.0.0.1"), ("client", "edge-agent")):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={cn}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=d,
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.pem",
+            "-extfile",
+            "san.cnf",
+            cwd=d,
+        )
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, Path]]:
+    pki = tmp_path / "pki"
+    make_pki(pki)
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), "edge", "s3cret"], check=True)
+    broker = Mosquitto(
+        tmp_path / "mosquitto",
+        security=(
+            f"cafile {pki / 'ca.pem'}\ncertfile {pki / 'server.pem'}\n"
+            f"keyfile {pki / 'server.key'}\nrequire_certificate true\n"
+            f"allow_anonymous false\npassword_file {passwd}"
+        ),
+    )
+    broker.start()
+    yield broker, pki
+    broker.stop()
+
+
+def tls_publisher(port: int, pki: Path) -> paho.Client:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="tls-pub")
+    client.tls_set(
+        str(pki / "ca.pem"),
+        str(pki / "client.pem"),
+        str(pki / "client.key"),
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+    client.username_pw_set("edge", "s3cret")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client
+
+
+def test_tls_client_certificate_and_password(
+    tmp_path: Path,
+    tls_broker: tuple[Mosquitto, Path],
+    influxdb: InfluxDB1,
+    agents: list[AgentProcess],
+) -> None:
+    broker, pki = tls_broker
+    influxdb.create_database("plants")
+    (tmp_path / "mqtt.password").write_text("s3cret\n")
+    agent = AgentProcess(
+        tmp_path / "agent",
+        f"mqtts://127.0.0.1:{broker.port}",
+        output_toml("cloud", influxdb.url, "v1", flush_interval="0.1s"),
+        mqtt_extra=(
+            f'username = "edge"\npassword_file = "{tmp_path / "mqtt.password"}"\n'
+            f'[mqtt.tls]\nca_file = "{pki / "ca.pem"}"\ncert_file = "{pki / "client.pem"}"\n'
+            f'key_file = "{pki / "client.key"}"'
+        ),
+    )
+    agents.append(agent)
+    agent.start()
+    pub = tls_publisher(broker.port, pki)
+    for i in range(100):
+        pub.publish(f"plant/line-1/sensor/s{i % 5}/temperature", str(i), qos=1).wait_for_publish(5)
+    pub.disconnect()
+    pub.loop_stop()
+    deadline = time.monotonic() + 30
+    while influxdb.count("plants", "temperature") < 100 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert influxdb.count("plants", "temperature") == 100
+    assert agent.stop() == 0
+
+
+def test_wrong_password_is_reported_not_fatal(
+    tmp_path: Path, tls_broker: tuple[Mosquitto, Path], agents: list[AgentProcess]
+) -> None:
+    broker, pki = tls_broker
+    agent = AgentProcess(
+        tmp_path / "agent",
+        f"mqtts://127.0.0.1:{broker.port}",
+        output_toml("cloud", "http://127.0.0.1:9", "v1"),
+        mqtt_extra=(
+            f'username = "edge"\npassword = "wrong"\n[mqtt.tls]\nca_file = "{pki / "ca.pem"}"\n'
+            f'cert_file = "{pki / "client.pem"}"\nkey_file = "{pki / "client.key"}"'
+        ),
+    )
+    agents.append(agent)
+    agent.start(wait_connected=False)
+    time.sleep(2)
+    url = f"http://127.0.0.1:{agent.status_port}/readyz"
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(url, timeout=5)
+    assert answer.value.code == 503
+    assert "mqtt" in json.loads(answer.value.read())["problems"]
+    assert "mqtt_disconnected" in agent.log_tail()
+    assert "Zq9-bad-secret" not in agent.log_path.read_text()  # secrets never reach the log
+    assert agent.stop() == 0
