@@ -6,6 +6,7 @@ checked exactly: every reading present, none twice, none with a second timestamp
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -121,14 +122,20 @@ def test_kills_and_server_outage_lose_nothing_influxdb(
     assert_exact_influx(influxdb)
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_broker_restart_mid_stream_loses_nothing(
-    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, agents: list[AgentProcess]
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    influxdb: InfluxDB1,
+    agents: list[AgentProcess],
+    protocol: str,
 ) -> None:
     influxdb.create_database("plants")
     agent = AgentProcess(
         tmp_path / "agent",
         mosquitto.url,
         output_toml("cloud", influxdb.url, "v1", batch_size=2000, flush_interval="0.2s"),
+        mqtt_extra=f'protocol = "{protocol}"',
     )
     agents.append(agent)
     agent.start()
@@ -210,3 +217,33 @@ def test_sigterm_during_outage_exits_cleanly_and_keeps_everything(
     wait_until(lambda: influxdb.count("plants", "temperature") >= n, 60, "all points", agent)
     assert agent.stop() == 0
     assert sorted(int(v) for _, v in influx_values(influxdb)) == list(range(n))
+
+
+def test_malformed_payloads_are_set_aside_and_good_ones_flow(
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, agents: list[AgentProcess]
+) -> None:
+    influxdb.create_database("plants")
+    agent = AgentProcess(
+        tmp_path / "agent",
+        mosquitto.url,
+        output_toml("cloud", influxdb.url, "v1", flush_interval="0.1s"),
+    )
+    agents.append(agent)
+    agent.start()
+    pub = Publisher(mosquitto.url, "mixed", qos=1)
+    bad = [b"", b"\xff\xfe", b"   "]
+    for i in range(300):
+        pub.publish(f"plant/line-1/sensor/s{i % 3}/temperature", str(i))
+        if i % 100 == 0:
+            for payload in bad:
+                pub.client.publish("plant/line-1/sensor/s9/temperature", payload, qos=1)
+    assert pub.wait_acked(300, timeout=30)
+    pub.close()
+    wait_until(lambda: influxdb.count("plants", "temperature") >= 300, 30, "good points", agent)
+    wait_until(lambda: agent.metric("edge_readings_dropped_total") >= 9, 10, "drops", agent)
+    assert agent.metric('edge_readings_dropped_total{reason="malformed"}') == 9
+    dead = (tmp_path / "agent" / "data" / "dead-letters" / "ingest.jsonl").read_text().splitlines()
+    assert len(dead) == 9
+    assert {json.loads(x)["reason"] for x in dead} == {"empty", "not_utf8"}
+    assert agent.stop() == 0
+    assert influxdb.count("plants", "temperature") == 300

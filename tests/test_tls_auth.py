@@ -154,7 +154,8 @@ def test_wrong_password_is_reported_not_fatal(
         f"mqtts://127.0.0.1:{broker.port}",
         output_toml("cloud", "http://127.0.0.1:9", "v1"),
         mqtt_extra=(
-            f'username = "edge"\npassword = "Zq9-bad-secret"\n[mqtt.tls]\nca_file = "{pki / "ca.pem"}"\n'
+            'username = "edge"\npassword = "Zq9-bad-secret"\n'
+            f'[mqtt.tls]\nca_file = "{pki / "ca.pem"}"\n'
             f'cert_file = "{pki / "client.pem"}"\nkey_file = "{pki / "client.key"}"'
         ),
     )

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 import aiomqtt
+import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -111,7 +112,8 @@ class MqttSource:
             password=cfg.password.get_secret_value() if cfg.password else None,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             clean_session=None if v5 else False,
-            clean_start=False,
+            # paho refuses clean_start with 3.1.1, where clean_session=False does the job.
+            clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             keepalive=int(cfg.keepalive),
             properties=properties,
             tls_context=self._tls_context() if cfg.use_tls else None,
