@@ -39,6 +39,12 @@ def test_disk_floor_stops_growth() -> None:
     assert plan.drop == ((1, "min_free_disk"), (3, "min_free_disk"))
 
 
-def test_impossible_room_blocks() -> None:
+def test_a_commit_larger_than_the_budget_goes_into_an_emptied_spool() -> None:
     plan = plan_drops(Budget(50, 3600, 0, "drop_oldest"), chunks(), 300, 500, GIB, NOW)
-    assert plan.blocked_reason == "max_size"
+    assert [cid for cid, _ in plan.drop] == [1, 3, 2] and plan.blocked_reason is None
+    assert plan_drops(Budget(50, 3600, 0, "block"), [], 0, 500, GIB, NOW).blocked_reason is None
+
+
+def test_a_disk_below_the_floor_blocks_when_nothing_is_left_to_replace() -> None:
+    plan = plan_drops(Budget(GIB, 3600, 500, "drop_oldest"), [], 0, 100, 10, NOW)
+    assert plan.blocked_reason == "min_free_disk"

@@ -72,6 +72,7 @@ class Output:
         }
         partial_since: float | None = None
         while not stop.is_set():
+            generation = self.spool.drop_generation
             stream, batch = await self._next_batch(heads)
             if batch is None:
                 partial_since = None
@@ -84,7 +85,13 @@ class Output:
             if full or time.monotonic() >= deadline:
                 if not await self._take_slot(stop):
                     return
+                if self.spool.drop_generation != generation:
+                    # The budget dropped chunks while this batch waited for a slot: its lines
+                    # were counted as dropped, so read again rather than send them anyway.
+                    self._slots.release()
+                    continue
                 heads[stream] = batch.end
+                self.spool.read_heads[(self.name, stream)] = batch.end
                 partial_since = None
                 self._dispatch(stream, batch.lines, batch.end)
                 continue

@@ -51,7 +51,8 @@ def plan_drops(
 
     The age budget always drops (data past it is worthless whatever the policy). The size budget
     and the free-disk floor follow ``when_full``; if dropping everything allowed still would not
-    make room, intake blocks and the broker keeps the messages.
+    make room, intake blocks and the broker keeps the messages. One commit larger than the
+    whole budget is let into an empty spool: refusing it would block intake for good.
     """
     aged = [c for c in chunks if now - c.created > budget.max_age]
     drop = [(c.id, "max_age") for c in aged]
@@ -63,6 +64,8 @@ def plan_drops(
     if need_size <= 0 and need_disk <= 0:
         return DropPlan(tuple(drop))
     reason = "max_size" if need_size > 0 else "min_free_disk"
+    if size <= 0 and need_disk <= 0:
+        return DropPlan(tuple(drop))
     if budget.when_full == "block":
         return DropPlan(tuple(drop), blocked_reason=reason)
     need = max(need_size, need_disk)
@@ -72,6 +75,6 @@ def plan_drops(
             break
         drop.append((chunk.id, reason))
         need -= chunk.bytes
-    if need > 0:
+    if need > 0 and (need_disk > 0 or len(drop) < len(chunks)):
         return DropPlan(tuple(drop), blocked_reason=reason)
     return DropPlan(tuple(drop))

@@ -106,6 +106,10 @@ class Spool:
         self.consumers: dict[str, set[str]] = {}
         self._min_cursor: dict[str, Position] = {}
         self.appended: dict[str, int] = {}
+        # Where each consumer has read up to (in memory, ahead of its durable cursor while
+        # batches are in flight): a dropped line it has already read is not a lost one.
+        self.read_heads: dict[tuple[str, str], Position] = {}
+        self.drop_generation = 0
         self._listeners: list[asyncio.Event] = []
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
@@ -406,13 +410,21 @@ class Spool:
         row = self.db.execute("SELECT stream FROM chunks WHERE id=?", (cid,)).fetchone()
         stream = str(row[0]) if row else "raw"
         removed = self._delete_where(stream, "id = ?", (cid,))
+        self.drop_generation += 1
         unread = removed[0][1] if removed else 0
-        low = self._min_cursor.get(stream)
+        low = self._slowest_reader(stream)
         if low is not None and low.chunk == cid:
             unread -= low.line
         elif low is not None and low.chunk > cid:
             unread = 0
         return Drop(stream, reason, unread)
+
+    def _slowest_reader(self, stream: str) -> Position | None:
+        heads = [self.read_heads.get((c, stream)) for c in self.consumers.get(stream, ())]
+        known = [h for h in heads if h is not None]
+        if not known or len(known) < len(heads):
+            return self._min_cursor.get(stream)
+        return min(known)
 
     def _reload_stats(self) -> None:
         self.stats = {}
