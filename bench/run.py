@@ -569,7 +569,11 @@ def report(results: list[Result], env: dict[str, Any], wall: float) -> None:
         mark = "met" if check["met"] else "MISSED"
         print(f"- {key}: {_fmt(check['value'], '.2f')} (target {check['target']}: {mark})")
     headers = _fmt(baseline.extra["request_bytes_per_reading"], ".0f")
-    honoured = "yes" if env["broker_honours_receive_maximum"] else "NO (the agent pauses its socket reader at receive_maximum instead)"
+    honoured = (
+        "yes"
+        if env["broker_honours_receive_maximum"]
+        else "NO (the agent pauses its socket reader at receive_maximum instead)"
+    )
     print(
         f"\nNotes: the bare subscriber is {bare.rate / max(baseline.rate, 1e-9):.1f}x the "
         "baseline here, which bounds agent/baseline unless the agent beats a bare paho client. "
