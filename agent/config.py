@@ -95,7 +95,7 @@ class MQTTSection(_Model):
     tls: TLSSection = TLSSection()
     keepalive: Duration = 30.0
     session_expiry: Duration = 7 * 86400.0
-    receive_maximum: int = Field(default=2000, ge=1, le=65535)
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
     reconnect_min: Duration = 1.0
     reconnect_max: Duration = 60.0
     subscriptions: list[Subscription] = Field(min_length=1)

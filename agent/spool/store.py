@@ -127,6 +127,7 @@ class Spool:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
             db.execute("PRAGMA journal_size_limit=67108864")
+            db.execute("PRAGMA cache_size=-512")  # 512 KiB: an edge box has little memory
             db.executescript(SCHEMA)
             check = db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
