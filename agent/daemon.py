@@ -141,10 +141,10 @@ class Agent:
             )
             self.spool.listen(output.new_data)
             self.outputs.append(output)
-        runner = None
+        status = None
         if cfg.status.enabled:
             host, port = cfg.status.host_port
-            runner = await server.start(server.build_app(self.metrics, self.problems), host, port)
+            status = server.StatusServer(server.build_app(self.metrics, self.problems), host, port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -172,8 +172,8 @@ class Agent:
         with contextlib.suppress(asyncio.CancelledError):
             await stats_task
         await session.close()
-        if runner is not None:
-            await runner.cleanup()
+        if status is not None:
+            status.close()
         await self.spool.close()
         log.info(
             "agent_stopped",
