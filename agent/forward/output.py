@@ -19,7 +19,7 @@ from agent.config import OutputSection
 from agent.deadletter import DeadLetters, line_record
 from agent.forward.classify import Action, Outcome
 from agent.forward.http import Writer, encode_body
-from agent.spool.store import Position, Spool
+from agent.spool.store import Position, ReadResult, Spool
 from agent.status.metrics import Metrics
 
 log = structlog.get_logger("edge_agent.output")
@@ -139,14 +139,14 @@ class Output:
             if stream is None or self.spool.appended.get(stream, 0) - baseline >= missing:
                 return
 
-    async def _next_batch(self, heads: dict[str, Position]) -> tuple[str, _Read | None]:
+    async def _next_batch(self, heads: dict[str, Position]) -> tuple[str, ReadResult | None]:
         """The first stream, in the configured order, that has lines past its head."""
         for stream in self.cfg.streams:
             result = await self.spool.read(
                 stream, heads[stream], self.cfg.batch_size, self.cfg.batch_bytes
             )
             if result.lines:
-                return stream, _Read(result.lines, result.end, result.bytes)
+                return stream, result
             heads[stream] = result.end
         return self.cfg.streams[0], None
 
@@ -289,10 +289,3 @@ class Output:
             server_said=outcome.message[:300],
             line=text[:200],
         )
-
-
-@dataclass(frozen=True, slots=True)
-class _Read:
-    lines: list[bytes]
-    end: Position
-    bytes: int

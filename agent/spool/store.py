@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -61,7 +61,6 @@ class Position:
 
 @dataclass(slots=True)
 class StreamStats:
-    chunks: int = 0
     lines: int = 0
     bytes: int = 0
     oldest: float | None = None
@@ -83,12 +82,11 @@ class IngestResult:
 
 @dataclass(frozen=True, slots=True)
 class ReadResult:
-    """Lines read past ``start``; ``end`` is where the consumer stands once they are delivered."""
+    """Lines read from a position; ``end`` is where the consumer stands once they are delivered."""
 
     lines: list[bytes]
-    start: Position
     end: Position
-    bytes: int = field(default=0)
+    bytes: int
 
 
 class SpoolError(Exception):
@@ -276,7 +274,6 @@ class Spool:
             return []
         self.db.execute(f"DELETE FROM chunks WHERE stream=? AND {where}", (stream, *args))
         stats = self.stats.setdefault(stream, StreamStats())
-        stats.chunks -= len(rows)
         stats.lines -= sum(r[1] for r in rows)
         stats.bytes -= sum(r[2] for r in rows)
         first = self.db.execute(
@@ -360,7 +357,6 @@ class Spool:
         if lines:
             self.appended[stream] = self.appended.get(stream, 0) + len(lines)
             stats = self.stats.setdefault(stream, StreamStats())
-            stats.chunks += 1
             stats.lines += len(lines)
             stats.bytes += len(body)
             if stats.oldest is None:
@@ -429,11 +425,10 @@ class Spool:
 
     def _reload_stats(self) -> None:
         self.stats = {}
-        for stream, chunks, lines, size, oldest in self.db.execute(
-            "SELECT stream, count(*), sum(lines), sum(bytes), min(created) "
-            "FROM chunks GROUP BY stream"
+        for stream, lines, size, oldest in self.db.execute(
+            "SELECT stream, sum(lines), sum(bytes), min(created) FROM chunks GROUP BY stream"
         ):
-            self.stats[stream] = StreamStats(chunks, lines, size, oldest)
+            self.stats[stream] = StreamStats(lines, size, oldest)
 
     # -- read ------------------------------------------------------------------------------------
 
@@ -468,8 +463,8 @@ class Spool:
                     take += 1
                 pos = Position(cid + 1, 0) if take >= nlines else Position(cid, take)
                 if take < nlines:
-                    return ReadResult(out, start, pos, size)
-        return ReadResult(out, start, pos, size)
+                    return ReadResult(out, pos, size)
+        return ReadResult(out, pos, size)
 
     async def backlog(self, stream: str, pos: Position) -> int:
         """Lines in ``stream`` at or after ``pos``."""
