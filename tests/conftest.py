@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -52,12 +52,22 @@ def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
 
 
 # --- the agent as a subprocess ----------------------------------------------------------------
+AgentFactory = Callable[..., AgentProcess]
+
+
 @pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    """Every AgentProcess a test appends here is killed at teardown, pass or fail."""
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
+def make_agent(tmp_path: Path) -> Iterator[AgentFactory]:
+    """``make_agent(mqtt_url, outputs, **options)``: an AgentProcess working in tmp_path/agent,
+    killed at teardown, pass or fail."""
+    made: list[AgentProcess] = []
+
+    def make(mqtt_url: str, outputs: str, **options: str) -> AgentProcess:
+        agent = AgentProcess(tmp_path / "agent", mqtt_url, outputs, **options)
+        made.append(agent)
+        return agent
+
+    yield make
+    for agent in made:
         if agent.proc is not None and agent.proc.poll() is None:
             agent.proc.kill()
             agent.proc.wait(timeout=10)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from agentproc import AgentProcess, output_toml
+from conftest import AgentFactory
 
 from agent.tools.localservers import InfluxDB1, Mosquitto, VictoriaMetrics
 from agent.tools.simulate import Publisher
@@ -24,13 +25,16 @@ N = 20_000
 RATE = 2_000.0  # readings/s: the run spans ~10 s of events
 
 
+def topic_for(seq: int) -> str:
+    return f"plant/line-{seq % 2}/sensor/s{seq % 50:02d}/temperature"
+
+
 def publish(url: str, n: int, rate: float, done: threading.Event, client_id: str) -> None:
     """QoS 1, value = sequence number, 50 sensors on 2 lines; returns once all are acked."""
     pub = Publisher(url, client_id, qos=1)
     start = time.monotonic()
     for seq in range(n):
-        topic = f"plant/line-{seq % 2}/sensor/s{seq % 50:02d}/temperature"
-        pub.publish(topic, str(seq))
+        pub.publish(topic_for(seq), str(seq))
         if seq % 200 == 0:
             time.sleep(max(0.0, start + seq / rate - time.monotonic()))
     assert pub.wait_acked(n, timeout=120), f"broker acknowledged only {pub.acked} of {n}"
@@ -99,11 +103,10 @@ def assert_exact_influx(influx: InfluxDB1) -> None:
 
 
 def test_kills_and_server_outage_lose_nothing_influxdb(
-    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, agents: list[AgentProcess]
+    mosquitto: Mosquitto, influxdb: InfluxDB1, make_agent: AgentFactory
 ) -> None:
     influxdb.create_database("plants")
-    agent = AgentProcess(
-        tmp_path / "agent",
+    agent = make_agent(
         mosquitto.url,
         output_toml(
             "cloud",
@@ -114,7 +117,6 @@ def test_kills_and_server_outage_lose_nothing_influxdb(
             retry_max_backoff="1s",
         ),
     )
-    agents.append(agent)
     # InfluxDB survives SIGKILL (its WAL is fsynced): kill it.
     kills_and_outage(agent, mosquitto.url, influxdb.kill, influxdb.start)
     wait_until(lambda: influxdb.count("plants", "temperature") >= N, 90, "all points", agent)
@@ -124,20 +126,17 @@ def test_kills_and_server_outage_lose_nothing_influxdb(
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_broker_restart_mid_stream_loses_nothing(
-    tmp_path: Path,
     mosquitto: Mosquitto,
     influxdb: InfluxDB1,
-    agents: list[AgentProcess],
+    make_agent: AgentFactory,
     protocol: str,
 ) -> None:
     influxdb.create_database("plants")
-    agent = AgentProcess(
-        tmp_path / "agent",
+    agent = make_agent(
         mosquitto.url,
         output_toml("cloud", influxdb.url, "v1", batch_size=2000, flush_interval="0.2s"),
         mqtt_extra=f'protocol = "{protocol}"',
     )
-    agents.append(agent)
     agent.start()
     # The publisher itself must survive the broker restart: publish in two halves around it.
     done = threading.Event()
@@ -146,7 +145,7 @@ def test_broker_restart_mid_stream_loses_nothing(
     half = N // 2
     pub = Publisher(mosquitto.url, "pub-b", qos=1)
     for seq in range(half, N):
-        pub.publish(f"plant/line-{seq % 2}/sensor/s{seq % 50:02d}/temperature", str(seq))
+        pub.publish(topic_for(seq), str(seq))
         if seq == half + 3000:
             agent.kill()
             agent.start()
@@ -159,13 +158,11 @@ def test_broker_restart_mid_stream_loses_nothing(
 
 
 def test_kills_and_server_outage_lose_nothing_victoriametrics(
-    tmp_path: Path,
     mosquitto: Mosquitto,
     victoria: VictoriaMetrics,
-    agents: list[AgentProcess],
+    make_agent: AgentFactory,
 ) -> None:
-    agent = AgentProcess(
-        tmp_path / "agent",
+    agent = make_agent(
         mosquitto.url,
         output_toml(
             "cloud",
@@ -176,7 +173,6 @@ def test_kills_and_server_outage_lose_nothing_victoriametrics(
             retry_max_backoff="1s",
         ),
     )
-    agents.append(agent)
     # VM keeps acknowledged rows in memory for a moment: stop it gracefully.
     kills_and_outage(agent, mosquitto.url, victoria.stop, victoria.start)
 
@@ -194,15 +190,13 @@ def test_kills_and_server_outage_lose_nothing_victoriametrics(
 
 
 def test_sigterm_during_outage_exits_cleanly_and_keeps_everything(
-    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, agents: list[AgentProcess]
+    mosquitto: Mosquitto, influxdb: InfluxDB1, make_agent: AgentFactory
 ) -> None:
     influxdb.create_database("plants")
-    agent = AgentProcess(
-        tmp_path / "agent",
+    agent = make_agent(
         mosquitto.url,
         output_toml("cloud", influxdb.url, "v1", batch_size=500, flush_interval="0.1s"),
     )
-    agents.append(agent)
     agent.start()
     influxdb.kill()
     n = 5_000
@@ -220,15 +214,13 @@ def test_sigterm_during_outage_exits_cleanly_and_keeps_everything(
 
 
 def test_malformed_payloads_are_set_aside_and_good_ones_flow(
-    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, agents: list[AgentProcess]
+    tmp_path: Path, mosquitto: Mosquitto, influxdb: InfluxDB1, make_agent: AgentFactory
 ) -> None:
     influxdb.create_database("plants")
-    agent = AgentProcess(
-        tmp_path / "agent",
+    agent = make_agent(
         mosquitto.url,
         output_toml("cloud", influxdb.url, "v1", flush_interval="0.1s"),
     )
-    agents.append(agent)
     agent.start()
     pub = Publisher(mosquitto.url, "mixed", qos=1)
     bad = [b"", b"\xff\xfe", b"   "]
@@ -251,22 +243,19 @@ def test_malformed_payloads_are_set_aside_and_good_ones_flow(
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "block"])
 def test_spool_budget_during_outage_is_exactly_accounted(
-    tmp_path: Path,
     mosquitto: Mosquitto,
     influxdb: InfluxDB1,
-    agents: list[AgentProcess],
+    make_agent: AgentFactory,
     policy: str,
 ) -> None:
     """A 64 KiB spool and the server down: drop_oldest keeps the newest readings and counts
     every dropped one; block leaves the surplus at the broker and loses nothing."""
     influxdb.create_database("plants")
-    agent = AgentProcess(
-        tmp_path / "agent",
+    agent = make_agent(
         mosquitto.url,
         output_toml("cloud", influxdb.url, "v1", flush_interval="0.1s", retry_max_backoff="0.5s"),
         extra=f'[spool]\nmax_size = "64KiB"\nwhen_full = "{policy}"\n',
     )
-    agents.append(agent)
     agent.start()
     influxdb.kill()
     n = 5_000

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from agentproc import AgentProcess, output_toml
+from agentproc import output_toml
+from conftest import AgentFactory
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.tools.localservers import InfluxDB1, Mosquitto
@@ -116,13 +117,12 @@ def test_tls_client_certificate_and_password(
     tmp_path: Path,
     tls_broker: tuple[Mosquitto, Path],
     influxdb: InfluxDB1,
-    agents: list[AgentProcess],
+    make_agent: AgentFactory,
 ) -> None:
     broker, pki = tls_broker
     influxdb.create_database("plants")
     (tmp_path / "mqtt.password").write_text("s3cret\n")
-    agent = AgentProcess(
-        tmp_path / "agent",
+    agent = make_agent(
         f"mqtts://127.0.0.1:{broker.port}",
         output_toml("cloud", influxdb.url, "v1", flush_interval="0.1s"),
         mqtt_extra=(
@@ -131,7 +131,6 @@ def test_tls_client_certificate_and_password(
             f'key_file = "{pki / "client.key"}"'
         ),
     )
-    agents.append(agent)
     agent.start()
     pub = tls_publisher(broker.port, pki)
     for i in range(100):
@@ -146,11 +145,10 @@ def test_tls_client_certificate_and_password(
 
 
 def test_wrong_password_is_reported_not_fatal(
-    tmp_path: Path, tls_broker: tuple[Mosquitto, Path], agents: list[AgentProcess]
+    tls_broker: tuple[Mosquitto, Path], make_agent: AgentFactory
 ) -> None:
     broker, pki = tls_broker
-    agent = AgentProcess(
-        tmp_path / "agent",
+    agent = make_agent(
         f"mqtts://127.0.0.1:{broker.port}",
         output_toml("cloud", "http://127.0.0.1:9", "v1"),
         mqtt_extra=(
@@ -159,7 +157,6 @@ def test_wrong_password_is_reported_not_fatal(
             f'cert_file = "{pki / "client.pem"}"\nkey_file = "{pki / "client.key"}"'
         ),
     )
-    agents.append(agent)
     agent.start(wait_connected=False)
     time.sleep(2)
     url = f"http://127.0.0.1:{agent.status_port}/readyz"
