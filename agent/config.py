@@ -8,6 +8,7 @@ form, read once at load, so tokens never have to sit in the TOML or the unit fil
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tomllib
@@ -28,7 +29,7 @@ from agent.parse.topic import TopicTemplate
 from agent.units import ByteSize, Duration
 
 ENV_PREFIX = "EDGE_"
-_LIST_PATHS = ("OUTPUTS__", "MQTT__SUBSCRIPTIONS__")
+_LIST_PATHS = ("OUTPUTS__", "MQTT__SUBSCRIPTIONS__", "AGGREGATIONS__")
 
 
 class ConfigError(Exception):
@@ -139,7 +140,9 @@ class OutputSection(_Model):
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
-    streams: list[Literal["raw"]] = Field(default=["raw"], min_length=1)
+    # Whatever order is written, aggregates are sent before raw readings: after an outage the
+    # dashboards' summaries are current while the raw history backfills behind them.
+    streams: list[Literal["raw", "aggregates"]] = Field(default=["raw"], min_length=1)
     batch_size: int = Field(default=5000, ge=1)
     batch_bytes: ByteSize = 4 * 1024 * 1024
     flush_interval: Duration = 1.0
@@ -177,6 +180,50 @@ class SpoolSection(_Model):
     max_commit_batch: int = Field(default=10000, ge=1)
 
 
+AggregateFunction = Literal["mean", "min", "max", "count", "sum", "first", "last", "stddev"]
+
+
+class AggregationSection(_Model):
+    name: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]*$")
+    measurements: list[str] = Field(default=["*"], min_length=1)
+    fields: list[str] = Field(default=["*"], min_length=1)
+    every: Duration
+    offset: Duration = 0.0
+    functions: list[AggregateFunction] = Field(
+        default=["mean", "min", "max", "count"], min_length=1
+    )
+    lateness: Duration = 10.0
+    timestamp: Literal["stop", "start"] = "stop"
+    suffix: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> AggregationSection:
+        if self.every < 0.001:
+            raise ValueError("every must be at least 1ms")
+        if not 0 <= self.offset < self.every:
+            raise ValueError("offset must be at least 0 and shorter than every")
+        if self.lateness < 0:
+            raise ValueError("lateness must not be negative")
+        if len(set(self.functions)) != len(self.functions):
+            raise ValueError(f"functions has duplicates: {self.functions}")
+        if "\n" in self.suffix or "\r" in self.suffix:
+            raise ValueError("suffix contains a line break")
+        if not self.name:
+            object.__setattr__(self, "name", f"every_{self.every:g}s")
+        return self
+
+    @property
+    def identity(self) -> str:
+        """What its checkpointed windows depend on: a change of any of it starts them afresh."""
+        return json.dumps(
+            [_ns(self.every), _ns(self.offset), self.measurements, self.fields, self.suffix]
+        )
+
+
+def _ns(seconds: float) -> int:
+    return round(seconds * 1_000_000_000)
+
+
 class StatusSection(_Model):
     enabled: bool = True
     listen: str = "127.0.0.1:9466"
@@ -206,6 +253,7 @@ class Config(BaseSettings):
     agent: AgentSection = AgentSection()
     mqtt: MQTTSection
     outputs: list[OutputSection] = Field(min_length=1)
+    aggregations: list[AggregationSection] = []
     spool: SpoolSection = SpoolSection()
     status: StatusSection = StatusSection()
 
@@ -214,6 +262,16 @@ class Config(BaseSettings):
         names = [o.name for o in self.outputs]
         if len(set(names)) != len(names):
             raise ValueError(f"output names must be unique, got {names}")
+        agg_names = [a.name for a in self.aggregations]
+        if len(set(agg_names)) != len(agg_names):
+            raise ValueError(f"aggregation names must be unique, got {agg_names}")
+        sends_aggregates = any("aggregates" in o.streams for o in self.outputs)
+        if self.aggregations and not sends_aggregates:
+            raise ValueError(
+                "aggregations are configured but no output has 'aggregates' in its streams"
+            )
+        if sends_aggregates and not self.aggregations:
+            raise ValueError("an output sends the 'aggregates' stream but no [[aggregations]]")
         if not self.mqtt.client_id:
             object.__setattr__(
                 self.mqtt,
@@ -274,7 +332,8 @@ def _list_item(items: list[Any], selector: str, env_name: str) -> dict[str, Any]
 
 
 def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Overlay ``EDGE_OUTPUTS__<NAME|INDEX>__<KEY>`` and subscription items onto the file's data.
+    """Overlay ``EDGE_OUTPUTS__<NAME|INDEX>__<KEY>``, aggregation and subscription items onto the
+    file's data.
 
     pydantic-settings handles plain sections, but cannot address one item of a list by name.
     """
@@ -282,8 +341,8 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
         path = [p.lower() for p in env_name.upper().removeprefix(ENV_PREFIX).split("__")]
         if not env_name.upper().startswith(ENV_PREFIX):
             continue
-        if path[0] == "outputs" and len(path) >= 3:
-            node = _list_item(data.setdefault("outputs", []), path[1], env_name)
+        if path[0] in ("outputs", "aggregations") and len(path) >= 3:
+            node = _list_item(data.setdefault(path[0], []), path[1], env_name)
             path = path[2:]
         elif path[:2] == ["mqtt", "subscriptions"] and len(path) >= 4:
             subs = data.setdefault("mqtt", {}).setdefault("subscriptions", [])

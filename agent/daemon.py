@@ -15,6 +15,9 @@ from typing import IO
 import aiohttp
 import structlog
 
+from agent.aggregate.aggregator import CONSUMER as AGGREGATOR
+from agent.aggregate.aggregator import SOURCE as AGGREGATOR_SOURCE
+from agent.aggregate.aggregator import Aggregator
 from agent.config import Config
 from agent.deadletter import DeadLetters
 from agent.forward.http import Writer
@@ -110,7 +113,10 @@ class Agent:
         cfg = self.cfg
         data = cfg.agent.data_dir
         await self.spool.open()
-        forgotten = await self.spool.register({o.name: o.streams for o in cfg.outputs})
+        consumers: dict[str, list[str]] = {o.name: list(o.streams) for o in cfg.outputs}
+        if cfg.aggregations:
+            consumers[AGGREGATOR] = [AGGREGATOR_SOURCE]
+        forgotten = await self.spool.register(consumers)
         if forgotten:
             log.warning(
                 "cursors_forgotten",
@@ -129,6 +135,10 @@ class Agent:
             self.metrics,
             cfg.spool.max_commit_batch,
         )
+        aggregator = None
+        if cfg.aggregations:
+            aggregator = Aggregator(cfg.aggregations, self.spool, self.metrics, self._mqtt_up)
+            await aggregator.load()
         connector = aiohttp.TCPConnector(limit=sum(o.max_in_flight for o in cfg.outputs) + 4)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         for out_cfg in cfg.outputs:
@@ -157,15 +167,17 @@ class Agent:
         )
         tune_gc()
         source_task = asyncio.create_task(self.source.run(self.stop), name="mqtt source")
-        output_tasks = [
+        stage_tasks = [
             asyncio.create_task(o.run(self.stop), name=f"output {o.name}") for o in self.outputs
         ]
+        if aggregator is not None:
+            stage_tasks.append(asyncio.create_task(aggregator.run(self.stop), name="aggregator"))
         stats_task = asyncio.create_task(self._stats_loop(), name="stats")
-        for task in (source_task, *output_tasks, stats_task):
+        for task in (source_task, *stage_tasks, stats_task):
             task.add_done_callback(self._on_task_done)
         await self.stop.wait()
         began = time.monotonic()
-        await asyncio.gather(source_task, *output_tasks, return_exceptions=True)
+        await asyncio.gather(source_task, *stage_tasks, return_exceptions=True)
         remaining = max(0.0, cfg.agent.shutdown_grace - (time.monotonic() - began))
         cut = sum(await asyncio.gather(*(o.drain(remaining) for o in self.outputs)))
         stats_task.cancel()
@@ -181,6 +193,9 @@ class Agent:
             note="unsent lines stay in the spool" if cut else "",
         )
         return 1 if self.failed else 0
+
+    def _mqtt_up(self) -> bool:
+        return self.source is not None and self.source.connected
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         """A stage that dies of a bug stops the whole agent with a non-zero exit, so systemd

@@ -95,7 +95,7 @@ def format_field(value: FieldValue) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _encode_head(measurement: str, tags: Mapping[str, str]) -> str:
+def encode_head(measurement: str, tags: Mapping[str, str]) -> str:
     """The series part of a line: escaped measurement and tags sorted by key."""
     if not measurement:
         raise LineProtocolError("empty measurement")
@@ -121,7 +121,7 @@ def encode_line(
     ts_ns: int,
 ) -> str:
     """Encode one point; tags sorted by key, empty tag values skipped."""
-    head = _encode_head(measurement, tags)
+    head = encode_head(measurement, tags)
     if not fields:
         raise LineProtocolError(f"point in {measurement!r} has no fields")
     if not _INT64_MIN <= ts_ns <= _INT64_MAX:

@@ -16,7 +16,7 @@ from agent.parse.clock import IngestClock, parse_timestamp
 from agent.parse.lineprotocol import (
     FieldValue,
     LineProtocolError,
-    _encode_head,
+    encode_head,
     encode_line,
     escape_key,
     format_field,
@@ -61,7 +61,7 @@ class MappingRules:
         if self.precision not in _PRECISION_NS:
             raise ValueError(f"unknown precision {self.precision!r}; expected s, ms, us or ns")
         try:
-            head = _encode_head(self.measurement, self.tags)
+            head = encode_head(self.measurement, self.tags)
             field_text = _field_key(self.field)
         except (LineProtocolError, PayloadError) as exc:
             raise ValueError(f"invalid mapping rules: {exc}") from None
@@ -141,7 +141,7 @@ def _map_value(rules: MappingRules, topic: str, payload: bytes, clock: IngestClo
         measurement = rules.measurement if found.measurement is None else found.measurement
         tags = {**rules.tags, **found.tags} if rules.tags else found.tags
         try:
-            head = _encode_head(measurement, tags)
+            head = encode_head(measurement, tags)
         except LineProtocolError as exc:
             raise PayloadError("unrepresentable", str(exc)) from None
     else:

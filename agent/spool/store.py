@@ -14,7 +14,7 @@ import json
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS unacked (
     digest TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS windows (
+    aggregation TEXT NOT NULL,
+    series TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (aggregation, series)
+) WITHOUT ROWID;
 """
 
 
@@ -184,7 +190,7 @@ class Spool:
 
     # -- consumers -------------------------------------------------------------------------------
 
-    async def register(self, consumers: dict[str, Sequence[str]]) -> list[str]:
+    async def register(self, consumers: Mapping[str, Sequence[str]]) -> list[str]:
         """Declare every consumer and its streams; forget cursors of consumers no longer
         configured (otherwise their stale cursor would pin the spool forever). Returns those."""
 
@@ -355,12 +361,7 @@ class Spool:
             self._reload_stats()
             return IngestResult(False, blocked_reason=f"disk_error: {exc}")
         if lines:
-            self.appended[stream] = self.appended.get(stream, 0) + len(lines)
-            stats = self.stats.setdefault(stream, StreamStats())
-            stats.lines += len(lines)
-            stats.bytes += len(body)
-            if stats.oldest is None:
-                stats.oldest = now
+            self._count_appended(stream, len(lines), len(body), now)
         return IngestResult(True, drops)
 
     def _erase_records(self, mids: Sequence[int], digests: bytes) -> None:
@@ -429,6 +430,72 @@ class Spool:
             "SELECT stream, sum(lines), sum(bytes), min(created) FROM chunks GROUP BY stream"
         ):
             self.stats[stream] = StreamStats(lines, size, oldest)
+
+    # -- aggregation checkpoints -----------------------------------------------------------------
+
+    async def load_windows(self, keep: Iterable[str]) -> list[tuple[str, str, str]]:
+        """Checkpointed window state of the aggregations in ``keep``; the state of aggregations
+        no longer configured (or configured differently) is deleted."""
+
+        def _load() -> list[tuple[str, str, str]]:
+            db = self.db
+            wanted = json.dumps(list(keep))
+            with _transaction(db):
+                db.execute(
+                    "DELETE FROM windows WHERE aggregation NOT IN (SELECT value FROM json_each(?))",
+                    (wanted,),
+                )
+            return [(str(a), str(s), str(t)) for a, s, t in db.execute("SELECT * FROM windows")]
+
+        return await self._run(_load)
+
+    async def checkpoint_windows(
+        self,
+        consumer: str,
+        source: str,
+        pos: Position,
+        target: str,
+        lines: Sequence[str],
+        states: Sequence[tuple[str, str, str]],
+    ) -> None:
+        """One transaction: the aggregate lines emitted, the window state, and the aggregator's
+        cursor past the readings that made them. A crash keeps all three or none, so no reading
+        is lost from its window or counted in it twice. Aggregates are small and bypass the
+        budget planner (the next raw commit makes room for them)."""
+        body = "\n".join(lines).encode()
+        now = time.time()
+
+        def _checkpoint() -> None:
+            db = self.db
+            with _transaction(db):
+                if lines:
+                    db.execute(
+                        "INSERT INTO chunks(stream, created, lines, bytes, body) "
+                        "VALUES (?,?,?,?,?)",
+                        (target, now, len(lines), len(body), body),
+                    )
+                db.executemany("INSERT OR REPLACE INTO windows VALUES (?,?,?)", states)
+                db.execute(
+                    "UPDATE cursors SET chunk=?, line=? WHERE consumer=? AND stream=?",
+                    (pos.chunk, pos.line, consumer, source),
+                )
+                self._refresh_min_cursor(source)
+                self._delete_consumed(source)
+            if lines:
+                self._count_appended(target, len(lines), len(body), now)
+
+        await self._run(_checkpoint)
+        if lines:
+            for event in self._listeners:
+                event.set()
+
+    def _count_appended(self, stream: str, lines: int, size: int, now: float) -> None:
+        self.appended[stream] = self.appended.get(stream, 0) + lines
+        stats = self.stats.setdefault(stream, StreamStats())
+        stats.lines += lines
+        stats.bytes += size
+        if stats.oldest is None:
+            stats.oldest = now
 
     # -- read ------------------------------------------------------------------------------------
 

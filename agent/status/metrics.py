@@ -112,3 +112,27 @@ class Metrics:
             ["output"],
             registry=r,
         )
+        self.windows_open = Gauge(
+            "edge_aggregate_windows_open",
+            "Windows holding state (open, or emitted and still accepting late readings)",
+            ["aggregation"],
+            registry=r,
+        )
+        self.windows_emitted = Counter(
+            "edge_aggregate_windows_emitted",
+            "Windows emitted for the first time",
+            ["aggregation"],
+            registry=r,
+        )
+        self.windows_reemitted = Counter(
+            "edge_aggregate_windows_reemitted",
+            "Windows emitted again, corrected by late readings (same timestamp: overwritten)",
+            ["aggregation"],
+            registry=r,
+        )
+        self.too_late = Counter(
+            "edge_aggregate_readings_too_late",
+            "Readings left out of an aggregate because their window was final (still sent raw)",
+            ["aggregation"],
+            registry=r,
+        )

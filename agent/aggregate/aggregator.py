@@ -1,0 +1,236 @@
+"""The aggregation stage: reads the raw stream from its own cursor, fills windows, and commits
+the aggregates it emits, its window state and its cursor in one spool transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+import structlog
+
+from agent.aggregate.readings import Reading, output_head, read_line
+from agent.aggregate.windows import NS, WindowSpec, WindowTable
+from agent.config import AggregationSection
+from agent.logs import RateLimited
+from agent.parse.lineprotocol import LineProtocolError
+from agent.spool.store import Position, Spool
+from agent.status.metrics import Metrics
+
+log = structlog.get_logger("edge_agent.aggregate")
+
+CONSUMER = "aggregator"
+SOURCE, TARGET = "raw", "aggregates"
+READ_LINES = 5000
+READ_BYTES = 4 * 1024 * 1024
+SLICE = 1000  # lines between yields to the event loop, which also runs MQTT intake
+CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints at the least: each one is an fsync
+TICK = 1.0  # how often quiet series are checked for windows to emit
+ROUTE_CACHE = 100_000
+RETRY_DELAY = 2.0
+
+
+@dataclass(slots=True)
+class _Aggregation:
+    cfg: AggregationSection
+    table: WindowTable
+    all_fields: bool
+    field_ok: dict[str, bool] = field(default_factory=dict)
+
+    def fields_of(self, reading: Reading) -> list[tuple[str, float]]:
+        if self.all_fields:
+            return reading.fields
+        out = []
+        for name, value in reading.fields:
+            ok = self.field_ok.get(name)
+            if ok is None:
+                ok = self.field_ok[name] = any(fnmatchcase(name, p) for p in self.cfg.fields)
+            if ok:
+                out.append((name, value))
+        return out
+
+
+def spec_of(cfg: AggregationSection) -> WindowSpec:
+    return WindowSpec(
+        every=round(cfg.every * NS),
+        offset=round(cfg.offset * NS),
+        lateness=round(cfg.lateness * NS),
+        functions=tuple(cfg.functions),
+        stamp_at_stop=cfg.timestamp == "stop",
+    )
+
+
+class Aggregator:
+    def __init__(
+        self,
+        cfgs: list[AggregationSection],
+        spool: Spool,
+        metrics: Metrics,
+        live: Callable[[], bool],
+    ) -> None:
+        """``live`` says whether the MQTT session is up: only then does quiet time count."""
+        self.spool = spool
+        self.metrics = metrics
+        self._is_live = live
+        self._aggs = [_Aggregation(c, WindowTable(spec_of(c)), c.fields == ["*"]) for c in cfgs]
+        self._routes: dict[str, list[tuple[int, str]]] = {}
+        self._live = 0.0
+        self._live_at = time.monotonic()
+        self._bad_log = RateLimited(60.0)
+        self.new_data = asyncio.Event()
+        spool.listen(self.new_data)
+
+    async def load(self) -> None:
+        """Restore the checkpointed windows; forget those of aggregations no longer configured."""
+        by_identity = {a.cfg.identity: a for a in self._aggs}
+        for identity, head, state in await self.spool.load_windows(by_identity):
+            by_identity[identity].table.load(head, state, self._live)
+        for agg in self._aggs:
+            self.metrics.windows_open.labels(agg.cfg.name).set(agg.table.open_windows)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        pos = await self.spool.cursor(CONSUMER, SOURCE)
+        last_scan = last_checkpoint = time.monotonic()
+        while not stop.is_set():
+            self._advance_live()
+            self.new_data.clear()
+            result = await self.spool.read(SOURCE, pos, READ_LINES, READ_BYTES)
+            self.spool.read_heads[(CONSUMER, SOURCE)] = result.end
+            touched = await self._consume(result.lines)
+            full_scan = time.monotonic() - last_scan >= TICK
+            if full_scan:
+                last_scan = time.monotonic()
+            lines = self._collect(None if full_scan else touched)
+            states = [
+                (agg.cfg.identity, head, text)
+                for agg in self._aggs
+                for head, text in agg.table.take_changed().items()
+            ]
+            if result.end != pos or lines or states:
+                if not await self._checkpoint(stop, result.end, lines, states):
+                    return
+                last_checkpoint = time.monotonic()
+            pos = result.end
+            if len(result.lines) < READ_LINES:
+                await self._pause(stop, last_checkpoint)
+
+    def _advance_live(self) -> None:
+        now = time.monotonic()
+        if self._is_live():
+            self._live += now - self._live_at
+        self._live_at = now
+
+    async def _consume(self, lines: list[bytes]) -> list[set[str]]:
+        touched: list[set[str]] = [set() for _ in self._aggs]
+        too_late = [0] * len(self._aggs)
+        live = self._live
+        for start in range(0, len(lines), SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for raw in lines[start : start + SLICE]:
+                try:
+                    reading = read_line(raw.decode())
+                except (LineProtocolError, ValueError) as exc:
+                    self._bad_line(raw, exc)
+                    continue
+                routes = self._routes.get(reading.head)
+                if routes is None:
+                    routes = self._route(reading)
+                for i, head in routes:
+                    fields = self._aggs[i].fields_of(reading)
+                    if not fields:
+                        continue
+                    if self._aggs[i].table.add(head, fields, reading.ts, live):
+                        touched[i].add(head)
+                    else:
+                        too_late[i] += 1
+        for agg, count in zip(self._aggs, too_late, strict=True):
+            if count:
+                self.metrics.too_late.labels(agg.cfg.name).inc(count)
+        return touched
+
+    def _route(self, reading: Reading) -> list[tuple[int, str]]:
+        """The aggregations a series belongs to, and its aggregate series text in each."""
+        if len(self._routes) >= ROUTE_CACHE:
+            self._routes.clear()
+        routes: list[tuple[int, str]] = []
+        for i, agg in enumerate(self._aggs):
+            if not any(fnmatchcase(reading.measurement, p) for p in agg.cfg.measurements):
+                continue
+            head = output_head(reading, agg.cfg.suffix)
+            clash = next((other for other, h in routes if h == head), None)
+            if clash is not None:
+                log.error(
+                    "aggregations_overlap",
+                    measurement=reading.measurement,
+                    kept=self._aggs[clash].cfg.name,
+                    skipped=agg.cfg.name,
+                    fix="give each aggregation that matches this measurement its own suffix",
+                )
+                continue
+            routes.append((i, head))
+        self._routes[reading.head] = routes
+        return routes
+
+    def _collect(self, touched: list[set[str]] | None) -> list[str]:
+        lines: list[str] = []
+        for i, agg in enumerate(self._aggs):
+            out = agg.table.collect(self._live, None if touched is None else touched[i])
+            lines.extend(out.lines)
+            name = agg.cfg.name
+            if out.emitted:
+                self.metrics.windows_emitted.labels(name).inc(out.emitted)
+            if out.reemitted:
+                self.metrics.windows_reemitted.labels(name).inc(out.reemitted)
+            self.metrics.windows_open.labels(name).set(agg.table.open_windows)
+        return lines
+
+    async def _checkpoint(
+        self,
+        stop: asyncio.Event,
+        end: Position,
+        lines: list[str],
+        states: list[tuple[str, str, str]],
+    ) -> bool:
+        """Retry a failed checkpoint (a full disk, say) until it lands; False if stopped first.
+        The windows in memory are then ahead of the spool, so nothing may move on without it."""
+        while True:
+            try:
+                await self.spool.checkpoint_windows(CONSUMER, SOURCE, end, TARGET, lines, states)
+            except sqlite3.OperationalError as exc:
+                log.error("aggregate_checkpoint_failed", error=str(exc), retry_in=RETRY_DELAY)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), RETRY_DELAY)
+                if stop.is_set():
+                    return False
+                continue
+            if lines:
+                self.metrics.committed.labels(TARGET).inc(len(lines))
+            return True
+
+    async def _pause(self, stop: asyncio.Event, last_checkpoint: float) -> None:
+        """Wait for new raw lines or the next tick, but not less than the checkpoint interval."""
+        rest = last_checkpoint + CHECKPOINT_INTERVAL - time.monotonic()
+        if rest > 0:
+            await asyncio.sleep(rest)
+        waiter = asyncio.ensure_future(self.new_data.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait((waiter, stopper), timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+
+    def _bad_line(self, raw: bytes, exc: Exception) -> None:
+        suppressed = self._bad_log.allow("bad_line")
+        if suppressed is not None:
+            log.error(
+                "aggregate_unreadable_line",
+                error=str(exc),
+                line=raw[:200].decode(errors="replace"),
+                suppressed_since_last=suppressed,
+            )

@@ -1,0 +1,191 @@
+"""Event-time tumbling windows per series: when a window is emitted, re-emitted and final.
+
+Pure logic (no I/O, time passed in), so every rule is tested without a spool or a clock.
+
+Each series (measurement + tags) has its own event clock: the latest timestamp it has sent. A
+per-series clock means one sensor with a wrong clock cannot close the windows of the others.
+For a window [start, stop) of a series, with ``lateness`` L:
+
+- it is **emitted** once the series' clock reaches stop + L, or once the series has been quiet
+  for ``idle`` (L, at least 1 s) of live time, so the last window of a sensor that stops, or of
+  one that reports every few minutes, still arrives;
+- a reading for an emitted window, until the window is final, **re-emits** it, with the same
+  timestamp, so the server overwrites the earlier aggregate;
+- it is **final** once the series' clock reaches stop + 2L, or after 2 x ``idle`` of quiet; its
+  state is then forgotten, and any later reading for it is **too late**: counted, left out of the
+  aggregates (the raw stream still carries it).
+
+Whether a reading is too late depends on the series' clock and on which windows are final, both
+checkpointed, never on how the backlog was cut into batches: a crash changes when windows are
+emitted, not what they finally hold. Live time only advances while the MQTT session is up (the
+caller decides), so a broker or agent outage does not make its own backlog too late.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.aggregate.exact import Accumulator
+from agent.parse.lineprotocol import escape_key
+
+NS = 1_000_000_000
+MIN_IDLE = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """Window geometry and emission rules of one aggregation, times in ns."""
+
+    every: int
+    offset: int = 0
+    lateness: int = 0
+    functions: tuple[str, ...] = ("mean", "min", "max", "count")
+    stamp_at_stop: bool = True
+
+    @property
+    def idle(self) -> float:
+        """Seconds of quiet after which a series' open windows are emitted."""
+        return max(self.lateness / NS, MIN_IDLE)
+
+    def start_of(self, ts: int) -> int:
+        """Windows are aligned to the epoch plus ``offset``, like Flux ``aggregateWindow``."""
+        return (ts - self.offset) // self.every * self.every + self.offset
+
+
+@dataclass(slots=True)
+class Window:
+    fields: dict[str, Accumulator] = field(default_factory=dict)
+    dirty: bool = False  # holds readings not yet in an emitted aggregate
+    emitted: bool = False
+
+
+@dataclass(slots=True)
+class Series:
+    clock: int
+    closed: int | None = None  # windows with stop <= closed are final
+    heard: float = 0.0  # live time of the latest reading (not checkpointed)
+    windows: dict[int, Window] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Emission:
+    lines: list[str] = field(default_factory=list)
+    emitted: int = 0
+    reemitted: int = 0
+
+
+class WindowTable:
+    """The open windows of every series of one aggregation, keyed by the output series text
+    (escaped measurement and tags, as it starts the aggregate line)."""
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+        self.series: dict[str, Series] = {}
+        self.changed: set[str] = set()
+
+    def add(self, head: str, fields: Sequence[tuple[str, float]], ts: int, live: float) -> bool:
+        """Add one reading; False if it is too late for its window."""
+        spec = self.spec
+        start = spec.start_of(ts)
+        stop = start + spec.every
+        series = self.series.get(head)
+        if series is None:
+            series = self.series[head] = Series(ts, heard=live)
+        elif stop + 2 * spec.lateness <= series.clock or (
+            series.closed is not None and stop <= series.closed
+        ):
+            return False
+        window = series.windows.get(start)
+        if window is None:
+            window = series.windows[start] = Window()
+        for name, value in fields:
+            acc = window.fields.get(name)
+            if acc is None:
+                acc = window.fields[name] = Accumulator()
+            acc.add(ts, value)
+        window.dirty = True
+        if ts > series.clock:
+            series.clock = ts
+        series.heard = live
+        self.changed.add(head)
+        return True
+
+    def collect(self, live: float, heads: Iterable[str] | None = None) -> Emission:
+        """Emit the windows that are due and forget the final ones, for ``heads`` (all if None)."""
+        out = Emission()
+        for head in self.series if heads is None else heads:
+            series = self.series[head]
+            if series.windows and self._collect_series(head, series, live, out):
+                self.changed.add(head)
+        return out
+
+    def _collect_series(self, head: str, series: Series, live: float, out: Emission) -> bool:
+        spec = self.spec
+        quiet = live - series.heard
+        idle = quiet >= spec.idle
+        forget = quiet >= 2 * spec.idle
+        changed = False
+        for start in sorted(series.windows):
+            window = series.windows[start]
+            stop = start + spec.every
+            if window.dirty and (idle or series.clock >= stop + spec.lateness):
+                line = self._line(head, start, window)
+                if line is not None:
+                    out.lines.append(line)
+                if window.emitted:
+                    out.reemitted += 1
+                else:
+                    out.emitted += 1
+                window.dirty = False
+                window.emitted = True
+                changed = True
+            if forget or series.clock >= stop + 2 * spec.lateness:
+                del series.windows[start]
+                series.closed = stop if series.closed is None else max(series.closed, stop)
+                changed = True
+        return changed
+
+    def _line(self, head: str, start: int, window: Window) -> str | None:
+        parts = []
+        for name in sorted(window.fields):
+            acc = window.fields[name]
+            for function in self.spec.functions:
+                value = acc.result(function)
+                if value is None:
+                    continue
+                text = f"{value}i" if function == "count" else repr(float(value))
+                parts.append(f"{escape_key(f'{name}_{function}')}={text}")
+        if not parts:
+            return None
+        ts = start + self.spec.every if self.spec.stamp_at_stop else start
+        return f"{head} {','.join(parts)} {ts}"
+
+    @property
+    def open_windows(self) -> int:
+        return sum(len(s.windows) for s in self.series.values())
+
+    def take_changed(self) -> dict[str, str]:
+        """The checkpoint text of every series changed since the last call."""
+        out = {head: self.dump(head) for head in self.changed}
+        self.changed = set()
+        return out
+
+    def dump(self, head: str) -> str:
+        series = self.series[head]
+        windows = [
+            [start, w.dirty, w.emitted, {name: acc.dump() for name, acc in w.fields.items()}]
+            for start, w in series.windows.items()
+        ]
+        return json.dumps({"clock": series.clock, "closed": series.closed, "windows": windows})
+
+    def load(self, head: str, text: str, live: float) -> None:
+        data: dict[str, Any] = json.loads(text)
+        series = Series(int(data["clock"]), data["closed"], heard=live)
+        for start, dirty, emitted, fields in data["windows"]:
+            series.windows[int(start)] = Window(
+                {name: Accumulator.load(acc) for name, acc in fields.items()}, dirty, emitted
+            )
+        self.series[head] = series
