@@ -36,12 +36,12 @@ class Forwarder:
         try:
             resp = requests.post(self.url, data=body, timeout=10)
             self.stats["ok" if resp.status_code < 300 else "failed"] += 1
-            self.stats["request_bytes"] += len(body) + _header_bytes(resp.request)
+            self.stats["request_bytes"] += len(body) + header_bytes(resp.request)
         except requests.RequestException:
             self.stats["failed"] += 1
 
 
-def _header_bytes(request: requests.PreparedRequest) -> int:
+def header_bytes(request: requests.PreparedRequest) -> int:
     line = f"{request.method!s} {request.path_url} HTTP/1.1\r\n"
     headers = "".join(f"{k!s}: {v!s}\r\n" for k, v in request.headers.items())
     return len(line) + len(headers) + 2

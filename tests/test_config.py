@@ -118,3 +118,50 @@ def test_units() -> None:
         parse_duration("1 fortnight")
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+AGGREGATION = """
+[[aggregations]]
+name = "minute"
+measurements = ["temp*"]
+every = "1m"
+offset = "15s"
+functions = ["mean", "stddev"]
+"""
+
+
+def test_aggregations_and_their_stream(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = config.read_text().replace(
+        'org = "acme"', 'org = "acme"\nstreams = ["aggregates", "raw"]'
+    )
+    config.write_text(text + AGGREGATION)
+    monkeypatch.setenv("EDGE_AGGREGATIONS__MINUTE__LATENESS", '"1m"')
+    cfg = load_config(config)
+    agg = cfg.aggregations[0]
+    assert (agg.every, agg.offset, agg.lateness, agg.timestamp) == (60.0, 15.0, 60.0, "stop")
+    assert agg.functions == ["mean", "stddev"] and agg.fields == ["*"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ('offset = "15s"', 'offset = "2m"'),
+        ('functions = ["mean", "stddev"]', 'functions = ["median"]'),
+        ('every = "1m"', 'every = "0s"'),
+    ],
+)
+def test_bad_aggregation_names_the_key(config: Path, change: str, message: str) -> None:
+    text = config.read_text().replace('org = "acme"', 'org = "acme"\nstreams = ["aggregates"]')
+    config.write_text(text + AGGREGATION.replace(change, message))
+    with pytest.raises(ConfigError, match=r"aggregations\.0"):
+        load_config(config)
+
+
+def test_aggregations_need_an_output_for_them_and_the_other_way_round(config: Path) -> None:
+    base = config.read_text()
+    config.write_text(base + AGGREGATION)
+    with pytest.raises(ConfigError, match="no output has 'aggregates'"):
+        load_config(config)
+    config.write_text(base.replace('org = "acme"', 'org = "acme"\nstreams = ["aggregates"]'))
+    with pytest.raises(ConfigError, match=r"no \[\[aggregations\]\]"):
+        load_config(config)
