@@ -135,10 +135,8 @@ class Agent:
             self.metrics,
             cfg.spool.max_commit_batch,
         )
-        aggregator = None
-        if cfg.aggregations:
-            aggregator = Aggregator(cfg.aggregations, self.spool, self.metrics, self._mqtt_up)
-            await aggregator.load()
+        aggregator = Aggregator(cfg.aggregations, self.spool, self.metrics, self._mqtt_up)
+        await aggregator.load()  # also forgets the windows of aggregations no longer configured
         connector = aiohttp.TCPConnector(limit=sum(o.max_in_flight for o in cfg.outputs) + 4)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         for out_cfg in cfg.outputs:
@@ -170,7 +168,7 @@ class Agent:
         stage_tasks = [
             asyncio.create_task(o.run(self.stop), name=f"output {o.name}") for o in self.outputs
         ]
-        if aggregator is not None:
+        if cfg.aggregations:
             stage_tasks.append(asyncio.create_task(aggregator.run(self.stop), name="aggregator"))
         stats_task = asyncio.create_task(self._stats_loop(), name="stats")
         for task in (source_task, *stage_tasks, stats_task):

@@ -138,3 +138,23 @@ async def test_backlog_counts_lines_after_position(tmp_path: Path, n: int) -> No
     part = await spool.read("raw", start, 4, 1 << 20)
     assert await spool.backlog("raw", part.end) == 10 * n - 4
     await spool.close()
+
+
+async def test_window_checkpoint_is_one_transaction_and_survives_a_reopen(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", BIG, "full")
+    await spool.open()
+    await spool.register({"aggregator": ["raw"], "out": ["aggregates", "raw"]})
+    await spool.ingest("raw", lines("r", 10))
+    read = await spool.read("raw", await spool.cursor("aggregator", "raw"), 100, 1 << 20)
+    await spool.checkpoint_windows(
+        "aggregator", "raw", read.end, "aggregates", ["m v_mean=1.0 60"], [("agg", "m", "{}")]
+    )
+    await spool.close()
+    spool = Spool(tmp_path / "spool.db", BIG, "full")
+    await spool.open()
+    assert await spool.cursor("aggregator", "raw") == read.end
+    got = await spool.read("aggregates", await spool.cursor("out", "aggregates"), 10, 1 << 20)
+    assert got.lines == [b"m v_mean=1.0 60"]
+    assert await spool.load_windows(["agg"]) == [("agg", "m", "{}")]
+    assert await spool.load_windows(["other"]) == []  # a changed aggregation starts afresh
+    await spool.close()
