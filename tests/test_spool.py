@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from agent.spool.budget import Budget
-from agent.spool.store import Position, Spool
+from agent.spool.store import Position, Spool, WindowRows
 
 BIG = Budget(max_size=1 << 30, max_age=86400, min_free_disk=0, when_full="drop_oldest")
 
@@ -146,15 +146,19 @@ async def test_window_checkpoint_is_one_transaction_and_survives_a_reopen(tmp_pa
     await spool.register({"aggregator": ["raw"], "out": ["aggregates", "raw"]})
     await spool.ingest("raw", lines("r", 10))
     read = await spool.read("raw", await spool.cursor("aggregator", "raw"), 100, 1 << 20)
+    rows = WindowRows([("agg", "m", 59, None)], [("agg", "m", 0, "[true, false, {}]")], [])
     await spool.checkpoint_windows(
-        "aggregator", "raw", read.end, "aggregates", ["m v_mean=1.0 60"], [("agg", "m", "{}")]
+        "aggregator", "raw", read.end, "aggregates", ["m v=1.0 60"], rows
     )
     await spool.close()
     spool = Spool(tmp_path / "spool.db", BIG, "full")
     await spool.open()
     assert await spool.cursor("aggregator", "raw") == read.end
     got = await spool.read("aggregates", await spool.cursor("out", "aggregates"), 10, 1 << 20)
-    assert got.lines == [b"m v_mean=1.0 60"]
-    assert await spool.load_windows(["agg"]) == [("agg", "m", "{}")]
-    assert await spool.load_windows(["other"]) == []  # a changed aggregation starts afresh
+    assert got.lines == [b"m v=1.0 60"]
+    assert await spool.load_windows(["agg"]) == rows
+    rows.removed.append(("agg", "m", 0))
+    await spool.checkpoint_windows("aggregator", "raw", read.end, "aggregates", [], rows)
+    assert (await spool.load_windows(["agg"])).windows == []
+    assert await spool.load_windows(["other"]) == WindowRows([], [], [])  # changed: afresh
     await spool.close()

@@ -18,7 +18,7 @@ from agent.aggregate.windows import NS, WindowSpec, WindowTable
 from agent.config import AggregationSection
 from agent.logs import RateLimited
 from agent.parse.lineprotocol import LineProtocolError
-from agent.spool.store import Position, Spool
+from agent.spool.store import Position, Spool, WindowRows
 from agent.status.metrics import Metrics
 
 log = structlog.get_logger("edge_agent.aggregate")
@@ -86,9 +86,12 @@ class Aggregator:
 
     async def load(self) -> None:
         """Restore the checkpointed windows; forget those of aggregations no longer configured."""
-        by_identity = {a.cfg.identity: a for a in self._aggs}
-        for identity, head, state in await self.spool.load_windows(by_identity):
-            by_identity[identity].table.load(head, state, self._live)
+        tables = {a.cfg.identity: a.table for a in self._aggs}
+        rows = await self.spool.load_windows(tables)
+        for identity, head, clock, closed in rows.series:
+            tables[identity].load_series(head, clock, closed, self._live)
+        for identity, head, start, state in rows.windows:
+            tables[identity].load_window(head, start, state)
         for agg in self._aggs:
             self.metrics.windows_open.labels(agg.cfg.name).set(agg.table.open_windows)
 
@@ -105,18 +108,24 @@ class Aggregator:
             if full_scan:
                 last_scan = time.monotonic()
             lines = self._collect(None if full_scan else touched)
-            states = [
-                (agg.cfg.identity, head, text)
-                for agg in self._aggs
-                for head, text in agg.table.take_changed().items()
-            ]
-            if result.end != pos or lines or states:
-                if not await self._checkpoint(stop, result.end, lines, states):
+            rows = self._changes()
+            if result.end != pos or lines or rows.series:
+                if not await self._checkpoint(stop, result.end, lines, rows):
                     return
                 last_checkpoint = time.monotonic()
             pos = result.end
             if len(result.lines) < READ_LINES:
                 await self._pause(stop, last_checkpoint)
+
+    def _changes(self) -> WindowRows:
+        rows = WindowRows([], [], [])
+        for agg in self._aggs:
+            key = agg.cfg.identity
+            changes = agg.table.take_changes()
+            rows.series.extend((key, *row) for row in changes.series)
+            rows.windows.extend((key, *row) for row in changes.windows)
+            rows.removed.extend((key, *row) for row in changes.removed)
+        return rows
 
     def _advance_live(self) -> None:
         now = time.monotonic()
@@ -194,13 +203,13 @@ class Aggregator:
         stop: asyncio.Event,
         end: Position,
         lines: list[str],
-        states: list[tuple[str, str, str]],
+        rows: WindowRows,
     ) -> bool:
         """Retry a failed checkpoint (a full disk, say) until it lands; False if stopped first.
         The windows in memory are then ahead of the spool, so nothing may move on without it."""
         while True:
             try:
-                await self.spool.checkpoint_windows(CONSUMER, SOURCE, end, TARGET, lines, states)
+                await self.spool.checkpoint_windows(CONSUMER, SOURCE, end, TARGET, lines, rows)
             except sqlite3.OperationalError as exc:
                 log.error("aggregate_checkpoint_failed", error=str(exc), retry_in=RETRY_DELAY)
                 with contextlib.suppress(TimeoutError):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from agent.aggregate.exact import Accumulator
 from agent.parse.lineprotocol import escape_key
@@ -77,6 +76,16 @@ class Emission:
     reemitted: int = 0
 
 
+@dataclass(slots=True)
+class Changes:
+    """What a checkpoint must write: only the windows and series touched since the last one,
+    so a long lateness (many open windows per series) does not rewrite them all each time."""
+
+    series: list[tuple[str, int, int | None]] = field(default_factory=list)
+    windows: list[tuple[str, int, str]] = field(default_factory=list)
+    removed: list[tuple[str, int]] = field(default_factory=list)
+
+
 class WindowTable:
     """The open windows of every series of one aggregation, keyed by the output series text
     (escaped measurement and tags, as it starts the aggregate line)."""
@@ -84,7 +93,7 @@ class WindowTable:
     def __init__(self, spec: WindowSpec) -> None:
         self.spec = spec
         self.series: dict[str, Series] = {}
-        self.changed: set[str] = set()
+        self.changed: dict[str, set[int]] = {}  # series -> starts of windows changed or removed
 
     def add(self, head: str, fields: Sequence[tuple[str, float]], ts: int, live: float) -> bool:
         """Add one reading; False if it is too late for its window."""
@@ -110,7 +119,7 @@ class WindowTable:
         if ts > series.clock:
             series.clock = ts
         series.heard = live
-        self.changed.add(head)
+        self.changed.setdefault(head, set()).add(start)
         return True
 
     def collect(self, live: float, heads: Iterable[str] | None = None) -> Emission:
@@ -118,16 +127,15 @@ class WindowTable:
         out = Emission()
         for head in self.series if heads is None else heads:
             series = self.series[head]
-            if series.windows and self._collect_series(head, series, live, out):
-                self.changed.add(head)
+            if series.windows:
+                self._collect_series(head, series, live, out)
         return out
 
-    def _collect_series(self, head: str, series: Series, live: float, out: Emission) -> bool:
+    def _collect_series(self, head: str, series: Series, live: float, out: Emission) -> None:
         spec = self.spec
         quiet = live - series.heard
         idle = quiet >= spec.idle
         forget = quiet >= 2 * spec.idle
-        changed = False
         for start in sorted(series.windows):
             window = series.windows[start]
             stop = start + spec.every
@@ -141,12 +149,11 @@ class WindowTable:
                     out.emitted += 1
                 window.dirty = False
                 window.emitted = True
-                changed = True
+                self.changed.setdefault(head, set()).add(start)
             if forget or series.clock >= stop + 2 * spec.lateness:
                 del series.windows[start]
                 series.closed = stop if series.closed is None else max(series.closed, stop)
-                changed = True
-        return changed
+                self.changed.setdefault(head, set()).add(start)
 
     def _line(self, head: str, start: int, window: Window) -> str | None:
         parts = []
@@ -167,25 +174,31 @@ class WindowTable:
     def open_windows(self) -> int:
         return sum(len(s.windows) for s in self.series.values())
 
-    def take_changed(self) -> dict[str, str]:
-        """The checkpoint text of every series changed since the last call."""
-        out = {head: self.dump(head) for head in self.changed}
-        self.changed = set()
+    def take_changes(self) -> Changes:
+        """The checkpoint rows of everything changed since the last call."""
+        out = Changes()
+        for head, starts in self.changed.items():
+            series = self.series[head]
+            out.series.append((head, series.clock, series.closed))
+            for start in starts:
+                window = series.windows.get(start)
+                if window is None:
+                    out.removed.append((head, start))
+                else:
+                    out.windows.append((head, start, _dump_window(window)))
+        self.changed = {}
         return out
 
-    def dump(self, head: str) -> str:
-        series = self.series[head]
-        windows = [
-            [start, w.dirty, w.emitted, {name: acc.dump() for name, acc in w.fields.items()}]
-            for start, w in series.windows.items()
-        ]
-        return json.dumps({"clock": series.clock, "closed": series.closed, "windows": windows})
+    def load_series(self, head: str, clock: int, closed: int | None, live: float) -> None:
+        self.series[head] = Series(clock, closed, heard=live)
 
-    def load(self, head: str, text: str, live: float) -> None:
-        data: dict[str, Any] = json.loads(text)
-        series = Series(int(data["clock"]), data["closed"], heard=live)
-        for start, dirty, emitted, fields in data["windows"]:
-            series.windows[int(start)] = Window(
-                {name: Accumulator.load(acc) for name, acc in fields.items()}, dirty, emitted
-            )
-        self.series[head] = series
+    def load_window(self, head: str, start: int, text: str) -> None:
+        dirty, emitted, fields = json.loads(text)
+        self.series[head].windows[start] = Window(
+            {name: Accumulator.load(acc) for name, acc in fields.items()}, dirty, emitted
+        )
+
+
+def _dump_window(window: Window) -> str:
+    fields = {name: acc.dump() for name, acc in window.fields.items()}
+    return json.dumps([window.dirty, window.emitted, fields])

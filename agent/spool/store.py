@@ -48,11 +48,19 @@ CREATE TABLE IF NOT EXISTS unacked (
     digest TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS windows (
+CREATE TABLE IF NOT EXISTS agg_series (
     aggregation TEXT NOT NULL,
     series TEXT NOT NULL,
-    state TEXT NOT NULL,
+    clock INTEGER NOT NULL,
+    closed INTEGER,
     PRIMARY KEY (aggregation, series)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agg_windows (
+    aggregation TEXT NOT NULL,
+    series TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (aggregation, series, start)
 ) WITHOUT ROWID;
 """
 
@@ -93,6 +101,17 @@ class ReadResult:
     lines: list[bytes]
     end: Position
     bytes: int
+
+
+@dataclass(slots=True)
+class WindowRows:
+    """Aggregation state rows, each led by its aggregation's identity: series clocks
+    (series, clock, closed), window states (series, start, state) and windows removed
+    (series, start)."""
+
+    series: list[tuple[str, str, int, int | None]]
+    windows: list[tuple[str, str, int, str]]
+    removed: list[tuple[str, str, int]]
 
 
 class SpoolError(Exception):
@@ -433,19 +452,23 @@ class Spool:
 
     # -- aggregation checkpoints -----------------------------------------------------------------
 
-    async def load_windows(self, keep: Iterable[str]) -> list[tuple[str, str, str]]:
-        """Checkpointed window state of the aggregations in ``keep``; the state of aggregations
-        no longer configured (or configured differently) is deleted."""
+    async def load_windows(self, keep: Iterable[str]) -> WindowRows:
+        """Checkpointed windows of the aggregations in ``keep``; the state of aggregations no
+        longer configured (or configured differently) is deleted."""
 
-        def _load() -> list[tuple[str, str, str]]:
+        def _load() -> WindowRows:
             db = self.db
             wanted = json.dumps(list(keep))
             with _transaction(db):
-                db.execute(
-                    "DELETE FROM windows WHERE aggregation NOT IN (SELECT value FROM json_each(?))",
-                    (wanted,),
-                )
-            return [(str(a), str(s), str(t)) for a, s, t in db.execute("SELECT * FROM windows")]
+                for table in ("agg_series", "agg_windows"):
+                    db.execute(
+                        f"DELETE FROM {table} "
+                        "WHERE aggregation NOT IN (SELECT value FROM json_each(?))",
+                        (wanted,),
+                    )
+            series = db.execute("SELECT aggregation, series, clock, closed FROM agg_series")
+            windows = db.execute("SELECT aggregation, series, start, state FROM agg_windows")
+            return WindowRows(series.fetchall(), windows.fetchall(), [])
 
         return await self._run(_load)
 
@@ -456,7 +479,7 @@ class Spool:
         pos: Position,
         target: str,
         lines: Sequence[str],
-        states: Sequence[tuple[str, str, str]],
+        rows: WindowRows,
     ) -> None:
         """One transaction: the aggregate lines emitted, the window state, and the aggregator's
         cursor past the readings that made them. A crash keeps all three or none, so no reading
@@ -474,7 +497,12 @@ class Spool:
                         "VALUES (?,?,?,?,?)",
                         (target, now, len(lines), len(body), body),
                     )
-                db.executemany("INSERT OR REPLACE INTO windows VALUES (?,?,?)", states)
+                db.executemany("INSERT OR REPLACE INTO agg_series VALUES (?,?,?,?)", rows.series)
+                db.executemany("INSERT OR REPLACE INTO agg_windows VALUES (?,?,?,?)", rows.windows)
+                db.executemany(
+                    "DELETE FROM agg_windows WHERE aggregation=? AND series=? AND start=?",
+                    rows.removed,
+                )
                 db.execute(
                     "UPDATE cursors SET chunk=?, line=? WHERE consumer=? AND stream=?",
                     (pos.chunk, pos.line, consumer, source),
