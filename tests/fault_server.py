@@ -8,8 +8,9 @@ Debian server checks `Authorization: Token`).
 
 It runs in a background thread with its own event loop, so the agent under test can be a
 subprocess or live in the test's own loop. Answer order for POST /write and /api/v2/write:
-scripted answer (if any is queued) > 401 auth > 400 bad gzip > 413 size > 400 bad marker >
-204 accepted. Only a 204 from the normal path accepts lines.
+scripted answer (if any is queued) > outage status > 401 auth > 400 bad gzip > 413 size >
+400 bad marker > 204 accepted. Only a 204 from the normal path accepts lines. Each answer can be
+held back (``hold``), so that requests overlapping in time show in ``RequestRecord.in_flight``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class RequestRecord:
     body_bytes: int  # decoded body size
     gzip: bool
     at: float  # time.monotonic() on arrival
+    in_flight: int = 1  # writes being handled when this one arrived, itself included
     query: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -55,14 +57,19 @@ class FaultServer:
         max_body_bytes: int | None = None,
         bad_marker: str | None = None,
         auth_token: str | None = None,
+        outage: int | None = None,
+        hold: float = 0.0,
         port: int = 0,
     ) -> None:
         # Policies are plain attributes: tests may change them while the server runs.
         self.max_body_bytes = max_body_bytes
         self.bad_marker = bad_marker
         self.auth_token = auth_token
+        self.outage = outage  # a status for every write: a server that is up but failing
+        self.hold = hold  # seconds each write waits before it is answered
         self.port = port
         self._lock = threading.Lock()
+        self._handling = 0
         self._script: deque[tuple[int, dict[str, str]]] = deque()
         self._accepted: list[list[str]] = []
         self._requests: list[RequestRecord] = []
@@ -184,7 +191,21 @@ class FaultServer:
 
     async def _write(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()
+        with self._lock:
+            self._handling += 1
+            in_flight = self._handling
+        try:
+            return await self._answer_write(request, arrived, in_flight)
+        finally:
+            with self._lock:
+                self._handling -= 1
+
+    async def _answer_write(
+        self, request: web.Request, arrived: float, in_flight: int
+    ) -> web.Response:
         raw = await request.read()
+        if self.hold:
+            await asyncio.sleep(self.hold)
         is_gzip = request.headers.get("Content-Encoding", "").strip().lower() == "gzip"
         body, decode_error = raw, None
         if is_gzip:
@@ -200,6 +221,8 @@ class FaultServer:
         if scripted is not None:
             status, headers = scripted
             resp = _answer(status, f"scripted {status}", headers)
+        elif self.outage is not None:
+            resp = _answer(self.outage, f"outage {self.outage}")
         elif (
             self.auth_token is not None
             and request.headers.get("Authorization") != f"Token {self.auth_token}"
@@ -224,6 +247,7 @@ class FaultServer:
             body_bytes=len(body),
             gzip=is_gzip,
             at=arrived,
+            in_flight=in_flight,
             query=dict(request.query),
         )
         with self._lock:

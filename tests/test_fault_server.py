@@ -141,3 +141,24 @@ async def test_stop_then_start_on_the_same_port(http: aiohttp.ClientSession) -> 
         assert fault.port == port
         assert (await _post(http, f"{fault.url}/write", "m value=2 2"))[0] == 204
     assert fault.lines == ["m value=1 1", "m value=2 2"]
+
+
+async def test_outage_answers_every_write_until_lifted(
+    fault: FaultServer, http: aiohttp.ClientSession
+) -> None:
+    fault.outage = 503
+    assert (await _post(http, f"{fault.url}/write", "m value=1 1"))[0] == 503
+    fault.outage = None
+    assert (await _post(http, f"{fault.url}/write", "m value=2 2"))[0] == 204
+    assert fault.lines == ["m value=2 2"]
+
+
+async def test_held_answers_show_overlapping_requests(
+    fault: FaultServer, http: aiohttp.ClientSession
+) -> None:
+    fault.hold = 0.5  # long enough that the pair overlaps even on a loaded machine
+    await _post(http, f"{fault.url}/write", "m value=0 0")
+    await asyncio.gather(*(_post(http, f"{fault.url}/write", f"m value={i} {i}") for i in (1, 2)))
+    first, *pair = fault.requests
+    assert first.in_flight == 1
+    assert sorted(r.in_flight for r in pair) == [1, 2]

@@ -1,8 +1,10 @@
-"""One configured output: read batches from its cursor, write them, advance only on success.
+"""One configured output: read batches from its cursors, write them, advance only on success.
 
-Several batches may be in flight; the durable cursor moves over the longest prefix of batches
-that have all succeeded, so a crash can only resend (the same points, which the server upserts),
-never skip.
+Each stream has its own dispatcher (read head, pending batches, durable cursor); the cursor of a
+stream moves over the longest prefix of its batches that have all succeeded, so a crash can only
+resend (the same points, which the server upserts), never skip. Every attempt of the output
+passes one priority gate (gate.py): aggregates before raw, older batches before newer, and one
+probe at a time while the server is failing.
 """
 
 from __future__ import annotations
@@ -13,30 +15,44 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
 from agent.config import OutputSection
 from agent.deadletter import DeadLetters, line_record
 from agent.forward.classify import Action, Outcome
+from agent.forward.gate import Gate, Priority, full_jitter
 from agent.forward.http import Writer, encode_body
-from agent.spool.store import Position, ReadResult, Spool
+from agent.spool.store import Position, Spool
 from agent.status.metrics import Metrics
 
 log = structlog.get_logger("edge_agent.output")
 
-
-class _Retry(Exception):
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.message)
-        self.outcome = outcome
+# After an outage the dashboards' summaries are current within seconds; raw history backfills.
+_SEND_ORDER = ("aggregates", "raw")
+_RETRYABLE = (Action.RETRY, Action.THROTTLE, Action.CONFIG)
 
 
 @dataclass(slots=True)
 class _Batch:
-    stream: str
     end: Position
     done: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class _Stream:
+    """One stream's dispatch state: its own pending limit, so a stream stuck retrying never
+    keeps another from reading, and its own in-flight order for its cursor."""
+
+    def __init__(self, name: str, pending: int) -> None:
+        self.name = name
+        self.rank = _SEND_ORDER.index(name)
+        self.pending = asyncio.Semaphore(pending)
+        self.inflight: deque[_Batch] = deque()
+        self.cursor_lock = asyncio.Lock()
+        self.dispatched = 0
+
+    def next_priority(self) -> Priority:
+        self.dispatched += 1
+        return (self.rank, self.dispatched)
 
 
 class Output:
@@ -57,74 +73,82 @@ class Output:
         self.healthy = True
         self.problem = ""
         self.new_data = asyncio.Event()
-        self._inflight: deque[_Batch] = deque()
-        self._slots = asyncio.Semaphore(cfg.max_in_flight)
-        self._cursor_lock = asyncio.Lock()
-        self._backoff = wait_random_exponential(multiplier=0.25, max=cfg.retry_max_backoff)
+        self._streams = [_Stream(s, cfg.max_in_flight) for s in cfg.streams]
+        self._gate = Gate(cfg.max_in_flight, full_jitter(cfg.retry_max_backoff))
         metrics.output_healthy.labels(self.name).set(1)
 
     # -- reading and dispatch --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Dispatch batches until ``stop``; the caller then calls ``drain``."""
-        heads: dict[str, Position] = {
-            s: await self.spool.cursor(self.name, s) for s in self.cfg.streams
-        }
+        """Dispatch batches of every stream until ``stop``; the caller then calls ``drain``."""
+        async with asyncio.TaskGroup() as group:
+            for stream in self._streams:
+                group.create_task(self._dispatch_stream(stream, stop))
+
+    async def _dispatch_stream(self, stream: _Stream, stop: asyncio.Event) -> None:
+        head = await self.spool.cursor(self.name, stream.name)
         partial_since: float | None = None
         while not stop.is_set():
             generation = self.spool.drop_generation
-            stream, batch = await self._next_batch(heads)
-            if batch is None:
+            appended = self.spool.appended.get(stream.name, 0)
+            batch = await self.spool.read(
+                stream.name, head, self.cfg.batch_size, self.cfg.batch_bytes
+            )
+            if not batch.lines:
+                head = batch.end
                 partial_since = None
-                await self._wait_for_data(stop, None, 0, time.monotonic() + self.cfg.flush_interval)
+                deadline = time.monotonic() + self.cfg.flush_interval
+                await self._wait_for_data(stop, stream.name, appended, 1, deadline)
                 continue
             if partial_since is None:
                 partial_since = time.monotonic()
             full = len(batch.lines) >= self.cfg.batch_size or batch.bytes >= self.cfg.batch_bytes
             deadline = partial_since + self.cfg.flush_interval
             if full or time.monotonic() >= deadline:
-                if not await self._take_slot(stop):
+                if not await self._take_slot(stream.pending, stop):
                     return
                 if self.spool.drop_generation != generation:
                     # The budget dropped chunks while this batch waited for a slot: its lines
                     # were counted as dropped, so read again rather than send them anyway.
-                    self._slots.release()
+                    stream.pending.release()
                     continue
-                heads[stream] = batch.end
-                self.spool.read_heads[(self.name, stream)] = batch.end
+                head = batch.end
+                self.spool.read_heads[(self.name, stream.name)] = batch.end
                 partial_since = None
                 self._dispatch(stream, batch.lines, batch.end)
                 continue
-            await self._wait_for_data(
-                stop, stream, self.cfg.batch_size - len(batch.lines), deadline
-            )
+            missing = self.cfg.batch_size - len(batch.lines)
+            await self._wait_for_data(stop, stream.name, appended, missing, deadline)
 
-    async def _take_slot(self, stop: asyncio.Event) -> bool:
-        """A free in-flight slot, or False once ``stop`` is set: with the server down every slot
-        is held by a retrying batch, and shutdown must not wait for one to free up."""
-        slot = asyncio.ensure_future(self._slots.acquire())
+    async def _take_slot(self, slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
+        """A free pending slot, or False once ``stop`` is set: with the server down every slot
+        is held by a waiting batch, and shutdown must not wait for one to free up."""
+        slot = asyncio.ensure_future(slots.acquire())
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait((slot, stopper), return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if slot.done() and not slot.cancelled():
             if stop.is_set():
-                self._slots.release()
+                slots.release()
                 return False
             return True
         slot.cancel()
         return False
 
     async def _wait_for_data(
-        self, stop: asyncio.Event, stream: str | None, missing: int, deadline: float
+        self, stop: asyncio.Event, stream: str, baseline: int, missing: int, deadline: float
     ) -> None:
-        """Sleep until the deadline, or until enough new lines to fill the batch were committed
-        (counted, not re-read: re-reading a growing partial batch on every commit is quadratic)."""
-        baseline = self.spool.appended.get(stream, 0) if stream else 0
+        """Sleep until the deadline, or until ``missing`` more lines were committed to ``stream``
+        since the count was ``baseline`` (counted, not re-read: re-reading a growing partial
+        batch on every commit is quadratic). The count is checked after clearing the shared
+        event, so a commit seen by another stream's dispatcher first is not missed."""
         while not stop.is_set():
+            self.new_data.clear()
+            if self.spool.appended.get(stream, 0) - baseline >= missing:
+                return
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 return
-            self.new_data.clear()
             waiter = asyncio.ensure_future(self.new_data.wait())
             stopper = asyncio.ensure_future(stop.wait())
             try:
@@ -136,48 +160,42 @@ class Output:
                 stopper.cancel()
             if not done:
                 return
-            if stream is None or self.spool.appended.get(stream, 0) - baseline >= missing:
-                return
 
-    async def _next_batch(self, heads: dict[str, Position]) -> tuple[str, ReadResult | None]:
-        """The first stream, in the configured order, that has lines past its head."""
-        for stream in self.cfg.streams:
-            result = await self.spool.read(
-                stream, heads[stream], self.cfg.batch_size, self.cfg.batch_bytes
-            )
-            if result.lines:
-                return stream, result
-            heads[stream] = result.end
-        return self.cfg.streams[0], None
+    def _dispatch(self, stream: _Stream, lines: list[bytes], end: Position) -> None:
+        batch = _Batch(end)
+        stream.inflight.append(batch)
+        priority = stream.next_priority()
+        batch.task = asyncio.create_task(self._send_batch(stream, batch, lines, priority))
 
-    def _dispatch(self, stream: str, lines: list[bytes], end: Position) -> None:
-        batch = _Batch(stream, end)
-        self._inflight.append(batch)
-        batch.task = asyncio.create_task(self._send_batch(batch, lines))
-
-    async def _send_batch(self, batch: _Batch, lines: list[bytes]) -> None:
+    async def _send_batch(
+        self, stream: _Stream, batch: _Batch, lines: list[bytes], priority: Priority
+    ) -> None:
         began = time.perf_counter()
         try:
-            await self._deliver(lines)
+            await self._deliver(lines, priority)
         finally:
-            self._slots.release()
+            stream.pending.release()
         self.metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - began)
         batch.done = True
-        await self._advance()
+        await self._advance(stream)
 
-    async def _advance(self) -> None:
-        async with self._cursor_lock:
-            last: dict[str, Position] = {}
-            while self._inflight and self._inflight[0].done:
-                done = self._inflight.popleft()
-                last[done.stream] = done.end
-            for stream, pos in last.items():
-                await self.spool.commit_cursor(self.name, stream, pos)
+    async def _advance(self, stream: _Stream) -> None:
+        async with stream.cursor_lock:
+            last: Position | None = None
+            while stream.inflight and stream.inflight[0].done:
+                last = stream.inflight.popleft().end
+            if last is not None:
+                await self.spool.commit_cursor(self.name, stream.name, last)
 
     async def drain(self, grace: float) -> int:
         """Let in-flight writes finish for up to ``grace`` seconds; cancel the rest (their lines
         stay behind the cursor and are sent after the restart). Returns how many were cut."""
-        tasks = [b.task for b in self._inflight if b.task is not None and not b.task.done()]
+        tasks = [
+            b.task
+            for s in self._streams
+            for b in s.inflight
+            if b.task is not None and not b.task.done()
+        ]
         if not tasks:
             return 0
         _, pending = await asyncio.wait(tasks, timeout=grace)
@@ -188,9 +206,9 @@ class Output:
 
     # -- delivery --------------------------------------------------------------------------------
 
-    async def _deliver(self, lines: list[bytes]) -> None:
+    async def _deliver(self, lines: list[bytes], priority: Priority) -> None:
         """Deliver every line or dead-letter it; only returns once nothing is left to retry."""
-        outcome = await self._post_until_answer(lines)
+        outcome = await self._post_until_answer(lines, priority)
         if outcome.action is Action.SUCCESS:
             self.metrics.lines_sent.labels(self.name).inc(len(lines))
             return
@@ -199,56 +217,45 @@ class Output:
             await self._dead_letter(lines[0], outcome)
             return
         mid = len(lines) // 2
-        await self._deliver(lines[:mid])
-        await self._deliver(lines[mid:])
+        await self._deliver(lines[:mid], priority)
+        await self._deliver(lines[mid:], priority)
 
-    async def _post_until_answer(self, lines: list[bytes]) -> Outcome:
-        """POST until the answer is final for these lines: success, split or bisect."""
+    async def _post_until_answer(self, lines: list[bytes], priority: Priority) -> Outcome:
+        """POST through the gate until the answer is final for these lines: success, split or
+        bisect. Between attempts the batch waits at the gate, not on a timer of its own."""
         body = await encode_body(lines, self.cfg.gzip_level)
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_Retry),
-            wait=self._wait,
-            before_sleep=self._before_sleep,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
+        while True:
+            async with self._gate.turn(priority) as ticket:
                 outcome = await self.writer.post(body)
                 self.metrics.bytes_sent.labels(self.name).inc(len(body))
                 self.metrics.requests.labels(self.name, outcome.label).inc()
-                if outcome.action in (Action.RETRY, Action.THROTTLE, Action.CONFIG):
-                    raise _Retry(outcome)
-                self._set_healthy()
-                if outcome.action is Action.SUCCESS:
-                    self.metrics.last_success.labels(self.name).set(time.time())
-                return outcome
-        raise AssertionError("unreachable: the retry loop never stops on its own")
+                if outcome.action not in _RETRYABLE:
+                    self._gate.passed()
+                    self._set_healthy()
+                    if outcome.action is Action.SUCCESS:
+                        self.metrics.last_success.labels(self.name).set(time.time())
+                    return outcome
+                wait = self._gate.failed(ticket, self._fixed_wait(outcome))
+            self._retrying(outcome, wait)
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        outcome = exc.outcome if isinstance(exc, _Retry) else None
-        if outcome is not None and outcome.action is Action.CONFIG:
+    def _fixed_wait(self, outcome: Outcome) -> float | None:
+        """The wait the config or the server dictates; None leaves it to the backoff."""
+        if outcome.action is Action.CONFIG:
             return self.cfg.config_error_retry
-        if outcome is not None and outcome.retry_after is not None:
-            return outcome.retry_after
-        return float(self._backoff(state))
+        return outcome.retry_after
 
-    def _before_sleep(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        if not isinstance(exc, _Retry):
-            return
-        outcome = exc.outcome
+    def _retrying(self, outcome: Outcome, wait: float) -> None:
         self.metrics.retries.labels(self.name).inc()
-        wait = state.next_action.sleep if state.next_action else 0.0
         if outcome.action is Action.CONFIG:
             self._set_unhealthy(outcome)
-        if state.attempt_number in (1, 2, 5) or state.attempt_number % 20 == 0:
+        failures = self._gate.failures
+        if failures in (1, 2, 5) or failures % 20 == 0:
             log.warning(
                 "write_retry",
                 output=self.name,
                 outcome=outcome.label,
                 action=outcome.action.value,
-                attempt=state.attempt_number,
+                attempt=failures,
                 retry_in=round(wait, 2),
                 error=outcome.message[:300],
             )
