@@ -31,7 +31,7 @@ import requests
 from agent.tools.localservers import InfluxDB1, Mosquitto, free_port
 from agent.tools.simulate import Publisher, make_sensors
 from bench.baseline import header_bytes, to_line
-from bench.run import AGENT_SESSION_EXPIRY, metric, mqtt_session, say, stop
+from bench.run import AGENT_SESSION_EXPIRY, cpu_seconds, metric, mqtt_session, say, stop
 
 LINES, SENSORS = 4, 25
 EVERY = 60  # seconds per aggregate window
@@ -76,6 +76,8 @@ class WireResult:
     lines_sent: int
     requests: int
     body_bytes: int
+    seconds: float | None = None  # from the agent's start until the server took everything
+    cpu_seconds: float | None = None
 
     @property
     def per_reading(self) -> float:
@@ -134,6 +136,7 @@ def run_mode(
     want = (n if "raw" in MODES[mode] else 0) + (
         expected_windows(n, t0) if "aggregates" in MODES[mode] else 0
     )
+    began = time.monotonic()
     with (workdir / f"{slug}.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", str(config)],
@@ -154,11 +157,12 @@ def run_mode(
         if sent < want:
             tail = (workdir / f"{slug}.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{mode}: {sent:.0f} of {want} lines sent; agent log:\n{tail}")
+        seconds, cpu = time.monotonic() - began, cpu_seconds(proc.pid)
         body = metric(port, "edge_output_bytes_sent_total")
         requests_made = metric(port, "edge_output_requests_total")
     finally:
         stop(proc)
-    return WireResult(mode, n, int(sent), int(requests_made), int(body))
+    return WireResult(mode, n, int(sent), int(requests_made), int(body), seconds, cpu)
 
 
 def baseline(prefix: str, n: int) -> WireResult:
@@ -176,16 +180,17 @@ def baseline(prefix: str, n: int) -> WireResult:
 def table(results: list[WireResult]) -> str:
     base = results[-1].per_reading
     rows = [
-        "| what is sent | lines sent | requests | bytes | bytes per reading | vs baseline |",
-        "|---|---|---|---|---|---|",
+        "| what is sent | lines sent | requests | bytes | bytes per reading | vs baseline "
+        "| readings/s | CPU µs/reading |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        rate = f"{r.readings / r.seconds:,.0f}" if r.seconds else "n/a"
+        cpu = f"{r.cpu_seconds / r.readings * 1e6:.1f}" if r.cpu_seconds else "n/a"
+        ratio = "1x" if r is results[-1] else f"{base / r.per_reading:,.0f}x less"
         rows.append(
             f"| {r.mode} | {r.lines_sent:,} | {r.requests:,} | {r.body_bytes:,} "
-            f"| {r.per_reading:.2f} | {base / r.per_reading:,.0f}x less |"
-            if r is not results[-1]
-            else f"| {r.mode} | {r.lines_sent:,} | {r.requests:,} | {r.body_bytes:,} "
-            f"| {r.per_reading:.2f} | 1x |"
+            f"| {r.per_reading:.2f} | {ratio} | {rate} | {cpu} |"
         )
     return "\n".join(rows)
 
