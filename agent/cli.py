@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from agent import logs
-from agent.config import ConfigError, load_config
+from agent.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
 
@@ -24,7 +28,9 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(tools: bool = True) -> argparse.ArgumentParser:
+    """``tools``: also the simulate and demo commands. The agent's own commands leave them out:
+    a long-running agent would only carry their modules and parsers in memory."""
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="Durable MQTT to InfluxDB line-protocol forwarder for edge gateways.",
@@ -34,25 +40,43 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(run)
     check = sub.add_parser("check-config", help="validate and print the effective config")
     _config_arg(check)
-    from agent.tools import simulate
+    if tools:
+        from agent.tools import demo, simulate
 
-    simulate.add_parser(sub)
-    from agent.tools import demo
-
-    demo.add_parser(sub)
+        simulate.add_parser(sub)
+        demo.add_parser(sub)
     return parser
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from agent import daemon
-
     cfg = load_config(args.config)
     logs.setup(cfg.agent.log_format, cfg.agent.log_level)
+    with _without_ca_bundle(cfg):
+        from agent import daemon
     try:
         return asyncio.run(daemon.run(cfg))
     except daemon.DataDirLocked as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _without_ca_bundle(cfg: Config) -> Iterator[None]:
+    """aiohttp builds a verifying SSL context as it is imported, which parses the system's whole
+    CA bundle: 2 MB of RSS. Only an https output can use that context (MQTT over TLS builds its
+    own), so without one OpenSSL is pointed at an empty bundle while aiohttp is imported."""
+    if any(urlsplit(o.url).scheme == "https" for o in cfg.outputs):
+        yield
+        return
+    saved = os.environ.get("SSL_CERT_FILE")
+    os.environ["SSL_CERT_FILE"] = os.devnull
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["SSL_CERT_FILE"]
+        else:
+            os.environ["SSL_CERT_FILE"] = saved
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -63,8 +87,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     handlers = {"run": _cmd_run, "check-config": _cmd_check_config}
+    args = build_parser(tools=not argv or argv[0] not in handlers).parse_args(argv)
     try:
         if args.command in handlers:
             return handlers[args.command](args)

@@ -34,6 +34,9 @@ async def test_aiomqtt_still_wraps_a_paho_client() -> None:
     c = client(1)
     assert isinstance(c._client, paho.Client)
     assert callable(c._client.manual_ack_set) and callable(c._client.ack)
+    # ack.py queues grouped PUBACKs itself and replaces the per-topic callback matcher.
+    assert callable(c._client._packet_queue)
+    assert hasattr(c._client, "_on_message_filtered")
 
 
 async def collect(port: int, want: int, ack: bool) -> list[Received]:

@@ -59,8 +59,9 @@ def ssl_context(cfg: OutputSection) -> ssl.SSLContext | bool:
 
 async def encode_body(lines: list[bytes], level: int) -> bytes:
     """Newline-terminated lines, gzipped when asked; large bodies compress on a worker thread
-    (zlib releases the GIL) so the loop keeps taking MQTT messages."""
-    body = b"\n".join(lines) + b"\n"
+    (zlib releases the GIL) so the loop keeps taking MQTT messages. The final newline joins in
+    as an empty line: appending it to the joined body would copy the whole body once more."""
+    body = b"\n".join([*lines, b""])
     if level == 0:
         return body
     if len(body) >= GZIP_OFF_LOOP:

@@ -6,7 +6,8 @@ reaches for it, and tests/test_ack_shim.py breaks if aiomqtt or paho change unde
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import aiomqtt
@@ -28,6 +29,7 @@ class Received(NamedTuple):
 
 
 READS_PER_WAKEUP = 256
+_PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id
 
 
 class Intake:
@@ -44,7 +46,15 @@ class Intake:
 
     def ack(self, mid: int, qos: int) -> None:
         if qos > 0:
-            self._client.ack(mid, qos)
+            self.ack_all([mid])
+
+    def ack_all(self, mids: Sequence[int]) -> None:
+        """PUBACK these QoS 1 messages in one queued write. paho's own ``ack`` queues a packet
+        per message (a dict, a wakeup byte and a send call each); for a commit of a thousand
+        messages that cost a tenth of the agent's CPU and a few hundred kB at the peak."""
+        if mids:
+            packet = b"".join([_PUBACK.pack(paho.PUBACK, 2, mid) for mid in mids])
+            self._client._packet_queue(paho.PUBACK, packet, 0, 0)
 
     def pause(self) -> None:
         sock = self._client.socket()

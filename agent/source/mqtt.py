@@ -244,9 +244,7 @@ class MqttSource:
         self._received.clear()
         if watch.done():
             return
-        for message in batch:
-            if message.qos:
-                intake.ack(message.mid, message.qos)
+        intake.ack_all([message.mid for message in batch if message.qos])
 
     def _start_barrier(self, client: aiomqtt.Client) -> None:
         """Prove that the broker has processed the PUBACKs sent so far, so their redelivery
