@@ -36,35 +36,44 @@ def test_first_miss_ends_the_redelivery_phase_and_purges() -> None:
     assert not guard.is_redelivery(9, False, D)
     assert not guard.is_redelivery(8, True, D)  # a redelivery cannot follow a new message
     assert not guard.in_redelivery_phase
-    assert guard.take_settled() == ([], 2)
-    assert guard.take_settled() == ([], None)
+    assert guard.take_settled() == (None, 2)
+    assert guard.take_settled() == (None, None)
 
 
 def test_records_settle_only_when_a_barrier_returns() -> None:
     guard = RedeliveryGuard()
     guard.start_connection(1, {})
-    records = [(m, 1, digest("t", str(m).encode())) for m in range(1, 4)]
-    guard.remember(records)
-    pending = guard.begin_barrier()
-    guard.remember([(4, 1, digest("t", b"4"))])
-    assert guard.take_settled() == ([], None)
-    guard.end_barrier(pending)
-    settled, purge = guard.take_settled()
-    assert purge is None and len(settled) == 1
-    mids, digests = settled[0]
-    assert mids.tolist() == [1, 2, 3] and digests == b"".join(d for _, _, d in records)
-    assert guard.begin_barrier()[0].tolist() == [4]
+    assert guard.begin_barrier() is None  # nothing committed: nothing to prove
+    for commit in (1, 2):
+        assert guard.next_commit == commit
+        guard.committed(commit)
+    through = guard.begin_barrier()
+    guard.committed(3)  # its PUBACKs queue behind the UNSUBSCRIBE: not covered
+    assert through == 2 and guard.take_settled() == (None, None)
+    guard.end_barrier(2)
+    assert guard.take_settled() == (2, None)
+    assert guard.take_settled() == (None, None)
+    assert guard.begin_barrier() == 3
 
 
-def test_unsettled_records_survive_a_failed_barrier() -> None:
+def test_a_failed_barrier_is_covered_by_the_next() -> None:
     guard = RedeliveryGuard()
     guard.start_connection(1, {})
-    guard.remember([(1, 1, D)])
-    first = guard.begin_barrier()
-    guard.remember([(2, 1, D)])
-    guard.barrier_failed(first)
-    mids, digests = guard.begin_barrier()
-    assert mids.tolist() == [1, 2] and digests == D + D
+    guard.committed(1)
+    assert guard.begin_barrier() == 1
+    guard.barrier_failed()
+    assert guard.begin_barrier() == 1
+    guard.committed(2)
+    guard.barrier_failed()
+    assert guard.begin_barrier() == 2
+
+
+def test_a_new_connection_numbers_its_commits_afresh() -> None:
+    guard = RedeliveryGuard()
+    guard.start_connection(1, {})
+    guard.committed(5)
+    guard.start_connection(2, {})
+    assert guard.next_commit == 1 and guard.begin_barrier() is None
 
 
 def test_digest_separates_topic_and_payload() -> None:

@@ -1,11 +1,12 @@
 """The spool against a real SQLite file: ordering, cursors, deletion, budgets, restarts."""
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from agent.spool.budget import Budget
-from agent.spool.store import Position, Spool, WindowRows
+from agent.spool.store import Position, Records, Spool, WindowRows
 
 BIG = Budget(max_size=1 << 30, max_age=86400, min_free_disk=0, when_full="drop_oldest")
 
@@ -117,14 +118,17 @@ async def test_unacked_records_and_meta_survive_restart(tmp_path: Path) -> None:
     spool = await open_spool(tmp_path)
     conn = await spool.next_connection()
     await spool.ingest(
-        "raw", ["m v=1 1"], unacked=[(5, conn, b"d5"), (6, conn, b"d6")], clock_floor=99
+        "raw", ["m v=1 1"], records=Records(conn, 1, [(5, b"d5"), (6, b"d6")]), clock_floor=99
     )
-    await spool.ingest("raw", [], settled=[([5, 6], b"d5xx")])  # 6 was reused: kept
+    await spool.ingest("raw", ["m v=2 2"], records=Records(conn, 2, [(6, b"e6"), (7, b"d7")]))
+    await spool.ingest("raw", [], records=Records(conn, 3, settled_through=1))  # 6 reused: kept
     await spool.close()
     spool = await open_spool(tmp_path)
-    assert await spool.load_unacked() == {6: (conn, b"d6")}
+    assert await spool.load_unacked() == {6: (conn, b"e6"), 7: (conn, b"d7")}
     assert await spool.get_meta("clock_floor") == 99
     assert await spool.next_connection() == conn + 1
+    await spool.ingest("raw", [], records=Records(conn + 1, 1, purge_before=conn + 1))
+    assert await spool.load_unacked() == {}
     await spool.close()
 
 
@@ -161,4 +165,17 @@ async def test_window_checkpoint_is_one_transaction_and_survives_a_reopen(tmp_pa
     await spool.checkpoint_windows("aggregator", "raw", read.end, "aggregates", [], rows)
     assert (await spool.load_windows(["agg"])).windows == []
     assert await spool.load_windows(["other"]) == WindowRows([], [], [])  # changed: afresh
+    await spool.close()
+
+
+async def test_a_spool_from_before_commit_numbers_opens_and_keeps_its_records(
+    tmp_path: Path,
+) -> None:
+    db = sqlite3.connect(tmp_path / "spool.db")
+    db.execute("CREATE TABLE unacked (mid INTEGER PRIMARY KEY, conn INTEGER, digest TEXT)")
+    db.execute("INSERT INTO unacked VALUES (9, 1, 'aa')")
+    db.commit()
+    db.close()
+    spool = await open_spool(tmp_path)
+    assert await spool.load_unacked() == {9: (1, b"\xaa")}
     await spool.close()

@@ -21,8 +21,8 @@ from agent.logs import RateLimited
 from agent.parse.clock import IngestClock
 from agent.parse.payload import MappingRules, PayloadError, map_payload
 from agent.source.ack import Intake, Received, attach
-from agent.source.redelivery import Pending, RedeliveryGuard, digest
-from agent.spool.store import Spool
+from agent.source.redelivery import RedeliveryGuard, digest
+from agent.spool.store import Records, Spool
 from agent.status.metrics import Metrics
 
 log = structlog.get_logger("edge_agent.source")
@@ -194,30 +194,25 @@ class MqttSource:
         self, batch: list[Received], intake: Intake, watch: asyncio.Task[None]
     ) -> None:
         lines: list[str] = []
-        records: list[tuple[int, int, bytes]] = []
+        new: list[tuple[int, bytes]] = []
         bad: list[dict[str, object]] = []
         redelivered = 0
-        connection = self.guard.connection
         for topic, payload, mid, qos, dup in batch:
             if qos:
                 d = digest(topic, payload)
                 if self.guard.is_redelivery(mid, dup, d):
                     redelivered += 1
                     continue
-                records.append((mid, connection, d))
+                new.append((mid, d))
             self._map(topic, payload, lines, bad)
         if bad:
             await asyncio.to_thread(self.dead_letters.write, bad)
         began = time.perf_counter()
+        settled, purge_before = self.guard.take_settled()
+        records = Records(self.guard.connection, self.guard.next_commit, new, settled, purge_before)
         while True:
-            settled, purge_before = self.guard.take_settled()
             result = await self.spool.ingest(
-                "raw",
-                lines,
-                unacked=records,
-                settled=settled,
-                purge_before=purge_before,
-                clock_floor=self.clock.last,
+                "raw", lines, records=records, clock_floor=self.clock.last
             )
             for drop in result.drops:
                 self.metrics.dropped.labels(drop.reason).inc(drop.lines)
@@ -233,7 +228,7 @@ class MqttSource:
             await asyncio.sleep(BLOCKED_RETRY)
             if watch.done():
                 return
-        self.guard.remember(records)
+        self.guard.committed(records.commit)
         self.blocked = False
         self.metrics.intake_blocked.set(0)
         self.metrics.commit_seconds.observe(time.perf_counter() - began)
@@ -252,17 +247,17 @@ class MqttSource:
         the same connection, is answered only after the broker has read everything before it."""
         if self._barrier is not None and not self._barrier.done():
             return
-        pending = self.guard.begin_barrier()
-        if pending:
-            self._barrier = asyncio.create_task(self._settle(client, pending))
+        through = self.guard.begin_barrier()
+        if through is not None:
+            self._barrier = asyncio.create_task(self._settle(client, through))
 
-    async def _settle(self, client: aiomqtt.Client, pending: Pending) -> None:
+    async def _settle(self, client: aiomqtt.Client, through: int) -> None:
         try:
             await client.unsubscribe(self._barrier_topic, timeout=30)
         except aiomqtt.MqttError:
-            self.guard.barrier_failed(pending)
+            self.guard.barrier_failed()
             return
-        self.guard.end_barrier(pending)
+        self.guard.end_barrier(through)
 
     def _map(
         self, topic: str, payload: bytes, lines: list[str], bad: list[dict[str, object]]

@@ -31,8 +31,6 @@ Why a match can never swallow a new reading:
 from __future__ import annotations
 
 import hashlib
-import io
-from array import array
 
 DIGEST_SIZE = 12
 
@@ -41,22 +39,19 @@ def digest(topic: str, payload: bytes) -> bytes:
     return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=DIGEST_SIZE).digest()
 
 
-Pending = tuple["array[int]", bytes]
-"""Packet ids, and their digests end to end (DIGEST_SIZE bytes each): compact, as a backlog
-drained before a barrier returns can hold hundreds of thousands (mosquitto 2.0.11 queues the
-UNSUBACK behind the whole backlog)."""
-
-
 class RedeliveryGuard:
     """Only the records of earlier connections are held in memory (the candidates, loaded from
-    the spool when a connection starts); the records of the live connection exist only in the
-    spool, plus a compact list of those awaiting a barrier (14 bytes each)."""
+    the spool when a connection starts). The records of the live connection exist only in the
+    spool, each stamped with the number of the commit that wrote it, so a barrier settles them
+    with one number: constant memory, however long the backlog drained before its UNSUBACK
+    (mosquitto 2.0.11 queues it behind the whole backlog)."""
 
     def __init__(self) -> None:
         self._candidates: dict[int, tuple[int, bytes]] = {}
-        self._pending_mids = array("H")
-        self._pending_digests = io.BytesIO()
-        self._settled: list[Pending] = []
+        self._commits = 0  # commits of the live connection whose PUBACKs are queued
+        self._barrier_from = 0  # commits covered by a barrier already sent
+        self._settled = 0  # commits proven processed by the broker
+        self._reported = 0  # of those, already handed to the spool for erasure
         self._purge = False
         self.connection = 0
 
@@ -64,8 +59,7 @@ class RedeliveryGuard:
         """``records``: every record in the spool; those of earlier connections are candidates."""
         self.connection = connection
         self._candidates = {m: r for m, r in records.items() if r[0] < connection}
-        self._pending_mids = array("H")
-        self._pending_digests = io.BytesIO()
+        self._commits = self._barrier_from = self._settled = self._reported = 0
 
     @property
     def in_redelivery_phase(self) -> bool:
@@ -82,40 +76,35 @@ class RedeliveryGuard:
         self._purge = True
         return False
 
-    def remember(self, records: list[tuple[int, int, bytes]]) -> None:
-        """Records (packet id, connection, digest) that a commit has just made durable."""
-        for mid, _connection, message_digest in records:
-            self._pending_mids.append(mid)
-            self._pending_digests.write(message_digest)
+    @property
+    def next_commit(self) -> int:
+        """The number the next commit stamps its records with (per connection, from 1)."""
+        return self._commits + 1
 
-    def begin_barrier(self) -> Pending:
-        """The records whose PUBACKs are already queued: the next barrier settles them.
+    def committed(self, commit: int) -> None:
+        """Commit ``commit`` is durable and its PUBACKs are about to be queued."""
+        self._commits = commit
 
-        The digests gather in a BytesIO because its ``getvalue`` hands its buffer over as bytes
-        without a copy; ``bytes(bytearray)`` doubled them for a moment, at the end of a burst.
-        """
-        pending = (self._pending_mids, self._pending_digests.getvalue())
-        self._pending_mids = array("H")
-        self._pending_digests = io.BytesIO()
-        return pending
+    def begin_barrier(self) -> int | None:
+        """The last commit whose PUBACKs are queued, if a barrier sent now would settle more."""
+        if self._commits <= self._barrier_from:
+            return None
+        self._barrier_from = self._commits
+        return self._commits
 
-    def end_barrier(self, pending: Pending) -> None:
-        if pending[0]:
-            self._settled.append(pending)
+    def end_barrier(self, through: int) -> None:
+        self._settled = max(self._settled, through)
 
-    def barrier_failed(self, pending: Pending) -> None:
-        mids, digests = pending
-        self._pending_mids[:0] = mids
-        later = self._pending_digests.getvalue()
-        self._pending_digests = io.BytesIO()
-        self._pending_digests.write(digests)
-        self._pending_digests.write(later)
+    def barrier_failed(self) -> None:
+        """The next barrier will cover the commits this one did."""
+        self._barrier_from = self._settled
 
-    def take_settled(self) -> tuple[list[Pending], int | None]:
-        """For the next commit: (packet id, digest) of records to erase (only if unchanged: an
-        id reused since then belongs to a newer message), and the connection below which every
-        record is to be purged (None: no purge)."""
-        settled, self._settled = self._settled, []
+    def take_settled(self) -> tuple[int | None, int | None]:
+        """For the next commit: the live connection's records up to which commit to erase (a
+        record replaced since by a newer message has a newer number and stays), and the
+        connection below which every record is to be purged (None: nothing)."""
+        settled = self._settled if self._settled > self._reported else None
+        self._reported = self._settled
         purge = self.connection if self._purge else None
         self._purge = False
         return settled, purge

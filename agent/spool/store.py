@@ -23,7 +23,6 @@ from typing import Literal, TypeVar
 from agent.spool.budget import Budget, ChunkInfo, DropPlan, plan_drops
 
 T = TypeVar("T")
-ERASE_SLICE = 4096
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -45,7 +44,8 @@ CREATE TABLE IF NOT EXISTS cursors (
 CREATE TABLE IF NOT EXISTS unacked (
     mid INTEGER PRIMARY KEY,
     conn INTEGER NOT NULL,
-    digest TEXT NOT NULL
+    digest TEXT NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS agg_series (
@@ -103,6 +103,17 @@ class ReadResult:
     bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class Records:
+    """The redelivery bookkeeping that rides on a group commit (see source/redelivery.py)."""
+
+    connection: int
+    commit: int  # stamped on the new records: a barrier settles them by this number
+    new: Sequence[tuple[int, bytes]] = ()  # (packet id, digest) of the messages committed
+    settled_through: int | None = None  # erase the connection's records up to this commit
+    purge_before: int | None = None  # erase every record of earlier connections
+
+
 @dataclass(slots=True)
 class WindowRows:
     """Aggregation state rows, each led by its aggregation's identity: series clocks
@@ -152,6 +163,9 @@ class Spool:
             db.execute("PRAGMA journal_size_limit=67108864")
             db.execute("PRAGMA cache_size=-512")  # 512 KiB: an edge box has little memory
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(unacked)")}
+            if "seq" not in columns:  # a spool written before records carried their commit
+                db.execute("ALTER TABLE unacked ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise SpoolError(f"cannot open spool {self.path}: {exc}") from exc
@@ -318,29 +332,19 @@ class Spool:
         stream: str,
         lines: Sequence[str],
         *,
-        unacked: Iterable[tuple[int, int, bytes]] = (),
-        settled: Iterable[tuple[Sequence[int], bytes]] = (),
-        purge_before: int | None = None,
+        records: Records | None = None,
         clock_floor: int | None = None,
     ) -> IngestResult:
-        """One group commit: the lines, the redelivery records of the messages they came from,
-        the erasure of records now settled at the broker, and the clock floor."""
-        result = await self._run(
-            self._ingest, stream, lines, list(unacked), list(settled), purge_before, clock_floor
-        )
+        """One group commit: the lines, the redelivery records of the messages they came from
+        and the erasure of those now settled at the broker, and the clock floor."""
+        result = await self._run(self._ingest, stream, lines, records, clock_floor)
         if result.committed and lines:
             for event in self._listeners:
                 event.set()
         return result
 
     def _ingest(
-        self,
-        stream: str,
-        lines: Sequence[str],
-        unacked: list[tuple[int, int, bytes]],
-        settled: list[tuple[Sequence[int], bytes]],
-        purge_before: int | None,
-        clock_floor: int | None,
+        self, stream: str, lines: Sequence[str], records: Records | None, clock_floor: int | None
     ) -> IngestResult:
         db = self.db
         body = "\n".join(lines).encode()
@@ -357,19 +361,8 @@ class Spool:
                         "VALUES (?,?,?,?,?)",
                         (stream, now, len(lines), len(body), body),
                     )
-                if purge_before is not None:
-                    db.execute("DELETE FROM unacked WHERE conn < ?", (purge_before,))
-                # One statement each, rows unpacked by SQLite from JSON: executemany would drop and
-                # retake the GIL for every row, which the MQTT thread makes slow.
-                for mids, digests in settled:
-                    self._erase_records(mids, digests)
-                if unacked:
-                    db.execute(
-                        "INSERT OR REPLACE INTO unacked(mid, conn, digest) "
-                        "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
-                        "json_extract(value, '$[2]') FROM json_each(?)",
-                        (json.dumps([(m, c, d.hex()) for m, c, d in unacked]),),
-                    )
+                if records is not None:
+                    self._write_records(records)
                 if clock_floor is not None:
                     db.execute(
                         "INSERT INTO meta(key, value) VALUES('clock_floor', ?) "
@@ -383,20 +376,27 @@ class Spool:
             self._count_appended(stream, len(lines), len(body), now)
         return IngestResult(True, drops)
 
-    def _erase_records(self, mids: Sequence[int], digests: bytes) -> None:
-        """Erase settled redelivery records, in slices so a large backlog stays cheap in memory;
-        a record whose digest differs belongs to a newer message that reused the id: kept."""
-        size = len(digests) // len(mids)
-        for start in range(0, len(mids), ERASE_SLICE):
-            part = [
-                (mids[i], digests[i * size : (i + 1) * size].hex())
-                for i in range(start, min(start + ERASE_SLICE, len(mids)))
-            ]
-            self.db.execute(
-                "DELETE FROM unacked WHERE rowid IN (SELECT u.rowid FROM json_each(?) j "
-                "JOIN unacked u ON u.mid = json_extract(j.value, '$[0]') "
-                "AND u.digest = json_extract(j.value, '$[1]'))",
-                (json.dumps(part),),
+    def _write_records(self, records: Records) -> None:
+        db = self.db
+        if records.purge_before is not None:
+            db.execute("DELETE FROM unacked WHERE conn < ?", (records.purge_before,))
+        if records.settled_through is not None:
+            db.execute(
+                "DELETE FROM unacked WHERE conn = ? AND seq <= ?",
+                (records.connection, records.settled_through),
+            )
+        if records.new:
+            # One statement, rows unpacked by SQLite from JSON: executemany would drop and retake
+            # the GIL for every row, which the MQTT thread makes slow.
+            db.execute(
+                "INSERT OR REPLACE INTO unacked(mid, conn, digest, seq) "
+                "SELECT json_extract(value, '$[0]'), ?, json_extract(value, '$[1]'), ? "
+                "FROM json_each(?)",
+                (
+                    records.connection,
+                    records.commit,
+                    json.dumps([(mid, d.hex()) for mid, d in records.new]),
+                ),
             )
 
     def _plan(self, incoming: int, now: float) -> DropPlan:
