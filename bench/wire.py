@@ -76,8 +76,7 @@ class WireResult:
     lines_sent: int
     requests: int
     body_bytes: int
-    seconds: float | None = None  # from the agent's start until the server took everything
-    cpu_seconds: float | None = None
+    cpu_seconds: float | None = None  # of the agent, until the server took everything
 
     @property
     def per_reading(self) -> float:
@@ -136,7 +135,6 @@ def run_mode(
     want = (n if "raw" in MODES[mode] else 0) + (
         expected_windows(n, t0) if "aggregates" in MODES[mode] else 0
     )
-    began = time.monotonic()
     with (workdir / f"{slug}.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", str(config)],
@@ -157,12 +155,12 @@ def run_mode(
         if sent < want:
             tail = (workdir / f"{slug}.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{mode}: {sent:.0f} of {want} lines sent; agent log:\n{tail}")
-        seconds, cpu = time.monotonic() - began, cpu_seconds(proc.pid)
+        cpu = cpu_seconds(proc.pid)
         body = metric(port, "edge_output_bytes_sent_total")
         requests_made = metric(port, "edge_output_requests_total")
     finally:
         stop(proc)
-    return WireResult(mode, n, int(sent), int(requests_made), int(body), seconds, cpu)
+    return WireResult(mode, n, int(sent), int(requests_made), int(body), cpu)
 
 
 def baseline(prefix: str, n: int) -> WireResult:
@@ -181,16 +179,15 @@ def table(results: list[WireResult]) -> str:
     base = results[-1].per_reading
     rows = [
         "| what is sent | lines sent | requests | bytes | bytes per reading | vs baseline "
-        "| readings/s | CPU µs/reading |",
-        "|---|---|---|---|---|---|---|---|",
+        "| CPU µs/reading |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        rate = f"{r.readings / r.seconds:,.0f}" if r.seconds else "n/a"
         cpu = f"{r.cpu_seconds / r.readings * 1e6:.1f}" if r.cpu_seconds else "n/a"
         ratio = "1x" if r is results[-1] else f"{base / r.per_reading:,.0f}x less"
         rows.append(
             f"| {r.mode} | {r.lines_sent:,} | {r.requests:,} | {r.body_bytes:,} "
-            f"| {r.per_reading:.2f} | {ratio} | {rate} | {cpu} |"
+            f"| {r.per_reading:.2f} | {ratio} | {cpu} |"
         )
     return "\n".join(rows)
 
