@@ -131,14 +131,18 @@ def test_aggregates_survive_sigkills_and_equal_the_reference(
         target=publish, args=(mosquitto.url, readings, 300.0, done), daemon=True
     )
     publisher.start()
+    # Kills at random points of three stretches; the last one leaves the agent down for 2 s,
+    # so the broker queues a backlog and redelivers it.
+    rnd = random.Random()
+    kills = [rnd.uniform(1.5, 3.5), rnd.uniform(4.5, 6.5), rnd.uniform(7.5, 9.0)]
     run_schedule(
         [
-            (2.5, agent.kill),
-            (2.8, agent.start),
-            (6.1, agent.kill),
-            (6.2, agent.start),
-            (9.7, agent.kill),
-            (10.5, agent.start),
+            (kills[0], agent.kill),
+            (kills[0] + 0.3, agent.start),
+            (kills[1], agent.kill),
+            (kills[1] + 0.05, agent.start),
+            (kills[2], agent.kill),
+            (kills[2] + 2.0, agent.start),
         ]
     )
     publisher.join(timeout=90)
@@ -152,7 +156,7 @@ def test_aggregates_survive_sigkills_and_equal_the_reference(
     wait_until(
         lambda: influx_aggregates(influxdb) == expected,
         90,
-        "aggregates equal to the reference",
+        f"aggregates equal to the reference (SIGKILLs at {[round(k, 2) for k in kills]} s)",
         agent,
     )
     got = influx_aggregates(influxdb)
