@@ -61,6 +61,17 @@ def test_accumulator_matches_statistics_in_any_order(
     assert results(Accumulator.load(acc.dump())) == results(acc)
 
 
+def test_a_result_beyond_a_float_is_left_out() -> None:
+    acc = Accumulator()
+    acc.add(0, 1e308)
+    acc.add(1, 1e308)
+    assert acc.result("sum") is None and acc.result("mean") == 1e308
+    wide = Accumulator()
+    wide.add(0, 1.7e308)
+    wide.add(1, -1.7e308)
+    assert wide.result("stddev") is None and wide.result("mean") == 0.0
+
+
 def test_stddev_of_close_large_values_does_not_cancel() -> None:
     acc = Accumulator()
     data = [293.15 + i * 1e-6 for i in range(100)]

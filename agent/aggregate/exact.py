@@ -57,7 +57,15 @@ class Accumulator:
             self.last = point
 
     def result(self, function: str) -> float | int | None:
-        """The value of one aggregate function; None where it is undefined (stddev of one)."""
+        """The value of one aggregate function; None where it is undefined (stddev of one) or
+        beyond a float (the sum of two readings near 1e308), which line protocol cannot carry."""
+        try:
+            value = self._result(function)
+        except OverflowError:
+            return None
+        return value if value is None or math.isfinite(value) else None
+
+    def _result(self, function: str) -> float | int | None:
         if function == "count":
             return self.count
         if self.count == 0:
