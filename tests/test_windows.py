@@ -304,3 +304,4 @@ def test_read_line_fast_and_strict_paths_agree() -> None:
     assert strict.head == "te\\ mp,line=a\\,b"
     assert strict.measurement == "te mp"
     assert strict.fields == [("value", 21.5), ("n", 3.0)]
+    assert read_line("m a=nan,b=infinity,c=1 5").fields == [("c", 1.0)]

@@ -143,12 +143,12 @@ class Aggregator:
             for raw in lines[start : start + SLICE]:
                 try:
                     reading = read_line(raw.decode())
+                    routes = self._routes.get(reading.head)
+                    if routes is None:
+                        routes = self._route(reading)
                 except (LineProtocolError, ValueError) as exc:
                     self._bad_line(raw, exc)
                     continue
-                routes = self._routes.get(reading.head)
-                if routes is None:
-                    routes = self._route(reading)
                 for i, head in routes:
                     fields = self._aggs[i].fields_of(reading)
                     if not fields:

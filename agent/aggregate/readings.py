@@ -7,6 +7,7 @@ parser. String and boolean fields are not aggregated.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from agent.parse.lineprotocol import (
@@ -47,7 +48,8 @@ def _number(token: str) -> float | None:
         return float(int(token[:-1]))
     if last in ("t", "T", "e", "E", "f", "F"):
         return None  # booleans: t, true, f, false in any documented spelling
-    return float(token)
+    value = float(token)
+    return value if math.isfinite(value) else None
 
 
 def _read_strict(line: str) -> Reading:
