@@ -18,7 +18,7 @@ from agent.aggregate.windows import NS, WindowSpec, WindowTable
 from agent.config import AggregationSection
 from agent.logs import RateLimited
 from agent.parse.lineprotocol import LineProtocolError
-from agent.spool.store import Position, Spool, WindowRows
+from agent.spool.store import Position, Spool, WindowRows, wait_for_data
 from agent.status.metrics import Metrics
 
 log = structlog.get_logger("edge_agent.aggregate")
@@ -226,13 +226,7 @@ class Aggregator:
         rest = last_checkpoint + CHECKPOINT_INTERVAL - time.monotonic()
         if rest > 0:
             await asyncio.sleep(rest)
-        waiter = asyncio.ensure_future(self.new_data.wait())
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait((waiter, stopper), timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopper.cancel()
+        await wait_for_data(self.new_data, stop, TICK)
 
     def _bad_line(self, raw: bytes, exc: Exception) -> None:
         suppressed = self._bad_log.allow("bad_line")

@@ -21,7 +21,7 @@ from agent.deadletter import DeadLetters, line_record
 from agent.forward.classify import Action, Outcome
 from agent.forward.gate import Gate, Priority, full_jitter
 from agent.forward.http import Writer, encode_body
-from agent.spool.store import Position, Spool
+from agent.spool.store import Position, Spool, wait_for_data
 from agent.status.metrics import Metrics
 
 log = structlog.get_logger("edge_agent.output")
@@ -149,16 +149,7 @@ class Output:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 return
-            waiter = asyncio.ensure_future(self.new_data.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            try:
-                done, _ = await asyncio.wait(
-                    (waiter, stopper), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                waiter.cancel()
-                stopper.cancel()
-            if not done:
+            if not await wait_for_data(self.new_data, stop, timeout):
                 return
 
     def _dispatch(self, stream: _Stream, lines: list[bytes], end: Position) -> None:

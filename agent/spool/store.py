@@ -279,16 +279,18 @@ class Spool:
         """Advance a consumer durably and delete what every consumer of the stream has passed."""
 
         def _commit() -> None:
-            db = self.db
-            with _transaction(db):
-                db.execute(
-                    "UPDATE cursors SET chunk=?, line=? WHERE consumer=? AND stream=?",
-                    (pos.chunk, pos.line, consumer, stream),
-                )
-                self._refresh_min_cursor(stream)
-                self._delete_consumed(stream)
+            with _transaction(self.db):
+                self._advance_cursor(consumer, stream, pos)
 
         await self._run(_commit)
+
+    def _advance_cursor(self, consumer: str, stream: str, pos: Position) -> None:
+        self.db.execute(
+            "UPDATE cursors SET chunk=?, line=? WHERE consumer=? AND stream=?",
+            (pos.chunk, pos.line, consumer, stream),
+        )
+        self._refresh_min_cursor(stream)
+        self._delete_consumed(stream)
 
     def _refresh_min_cursor(self, stream: str) -> None:
         row = self.db.execute(
@@ -339,9 +341,18 @@ class Spool:
         and the erasure of those now settled at the broker, and the clock floor."""
         result = await self._run(self._ingest, stream, lines, records, clock_floor)
         if result.committed and lines:
-            for event in self._listeners:
-                event.set()
+            self._notify()
         return result
+
+    def _notify(self) -> None:
+        for event in self._listeners:
+            event.set()
+
+    def _insert_chunk(self, stream: str, now: float, lines: int, body: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO chunks(stream, created, lines, bytes, body) VALUES (?,?,?,?,?)",
+            (stream, now, lines, len(body), body),
+        )
 
     def _ingest(
         self, stream: str, lines: Sequence[str], records: Records | None, clock_floor: int | None
@@ -356,11 +367,7 @@ class Spool:
                 if plan.blocked_reason is not None:
                     return IngestResult(False, drops, plan.blocked_reason)
                 if lines:
-                    db.execute(
-                        "INSERT INTO chunks(stream, created, lines, bytes, body) "
-                        "VALUES (?,?,?,?,?)",
-                        (stream, now, len(lines), len(body), body),
-                    )
+                    self._insert_chunk(stream, now, len(lines), body)
                 if records is not None:
                     self._write_records(records)
                 if clock_floor is not None:
@@ -492,30 +499,20 @@ class Spool:
             db = self.db
             with _transaction(db):
                 if lines:
-                    db.execute(
-                        "INSERT INTO chunks(stream, created, lines, bytes, body) "
-                        "VALUES (?,?,?,?,?)",
-                        (target, now, len(lines), len(body), body),
-                    )
+                    self._insert_chunk(target, now, len(lines), body)
                 db.executemany("INSERT OR REPLACE INTO agg_series VALUES (?,?,?,?)", rows.series)
                 db.executemany("INSERT OR REPLACE INTO agg_windows VALUES (?,?,?,?)", rows.windows)
                 db.executemany(
                     "DELETE FROM agg_windows WHERE aggregation=? AND series=? AND start=?",
                     rows.removed,
                 )
-                db.execute(
-                    "UPDATE cursors SET chunk=?, line=? WHERE consumer=? AND stream=?",
-                    (pos.chunk, pos.line, consumer, source),
-                )
-                self._refresh_min_cursor(source)
-                self._delete_consumed(source)
+                self._advance_cursor(consumer, source, pos)
             if lines:
                 self._count_appended(target, len(lines), len(body), now)
 
         await self._run(_checkpoint)
         if lines:
-            for event in self._listeners:
-                event.set()
+            self._notify()
 
     def _count_appended(self, stream: str, lines: int, size: int, now: float) -> None:
         self.appended[stream] = self.appended.get(stream, 0) + lines
@@ -574,6 +571,21 @@ class Spool:
             return int(row[0]) - int(row[1])
 
         return await self._run(_count)
+
+
+async def wait_for_data(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> bool:
+    """Wait until a ``listen`` event is set, ``stop`` is set or ``seconds`` pass; False on
+    the timeout."""
+    waiter = asyncio.ensure_future(event.wait())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait(
+            (waiter, stopper), timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        waiter.cancel()
+        stopper.cancel()
+    return bool(done)
 
 
 class _transaction:
