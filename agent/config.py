@@ -8,7 +8,6 @@ form, read once at load, so tokens never have to sit in the TOML or the unit fil
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import tomllib
@@ -211,17 +210,6 @@ class AggregationSection(_Model):
         if not self.name:
             object.__setattr__(self, "name", f"every_{self.every:g}s")
         return self
-
-    @property
-    def identity(self) -> str:
-        """What its checkpointed windows depend on: a change of any of it starts them afresh."""
-        return json.dumps(
-            [_ns(self.every), _ns(self.offset), self.measurements, self.fields, self.suffix]
-        )
-
-
-def _ns(seconds: float) -> int:
-    return round(seconds * 1_000_000_000)
 
 
 class StatusSection(_Model):

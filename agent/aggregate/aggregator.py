@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -40,6 +41,12 @@ class _Aggregation:
     table: WindowTable
     all_fields: bool
     field_ok: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> str:
+        """What its checkpointed windows depend on: a change of any of it starts them afresh."""
+        spec, cfg = self.table.spec, self.cfg
+        return json.dumps([spec.every, spec.offset, cfg.measurements, cfg.fields, cfg.suffix])
 
     def fields_of(self, reading: Reading) -> list[tuple[str, float]]:
         if self.all_fields:
@@ -86,7 +93,7 @@ class Aggregator:
 
     async def load(self) -> None:
         """Restore the checkpointed windows; forget those of aggregations no longer configured."""
-        tables = {a.cfg.identity: a.table for a in self._aggs}
+        tables = {a.identity: a.table for a in self._aggs}
         rows = await self.spool.load_windows(tables)
         for identity, head, clock, closed in rows.series:
             tables[identity].load_series(head, clock, closed, self._live)
@@ -120,7 +127,7 @@ class Aggregator:
     def _changes(self) -> WindowRows:
         rows = WindowRows([], [], [])
         for agg in self._aggs:
-            key = agg.cfg.identity
+            key = agg.identity
             changes = agg.table.take_changes()
             rows.series.extend((key, *row) for row in changes.series)
             rows.windows.extend((key, *row) for row in changes.windows)
