@@ -78,11 +78,21 @@ class Subscription(_Model):
     precision: Literal["ns", "us", "ms", "s"] = "ns"
     json_time_key: str = "time"
     json_tag_keys: list[str] = []
+    # Publishers are untrusted: without this, the gateway's static tags (agent and subscription)
+    # win over tags from topics and payloads, so no sensor can relabel its readings as another
+    # plant's.
+    override_tags: bool = False
 
     @model_validator(mode="after")
     def _template_is_valid(self) -> Subscription:
         TopicTemplate(self.topic)
         return self
+
+    def shadowed_tags(self, static: set[str]) -> set[str]:
+        """Tags this subscription captures (topic, json_tag_keys) that static tags would hide."""
+        if self.override_tags:
+            return set()
+        return (set(TopicTemplate(self.topic).tag_names) | set(self.json_tag_keys)) & static
 
 
 class MQTTSection(_Model):
@@ -96,6 +106,7 @@ class MQTTSection(_Model):
     keepalive: Duration = 30.0
     session_expiry: Duration = 7 * 86400.0
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    max_payload: ByteSize = Field(default=1024 * 1024, ge=1)
     reconnect_min: Duration = 1.0
     reconnect_max: Duration = 60.0
     subscriptions: list[Subscription] = Field(min_length=1)
@@ -212,6 +223,21 @@ class AggregationSection(_Model):
         return self
 
 
+class ClockSection(_Model):
+    """How far the wall clock and the sensors' own timestamps are believed (agent/clock/)."""
+
+    trust: Literal["verify", "system"] = "verify"
+    max_skew: Duration = 2.0
+    max_future: Duration = 300.0
+    max_past: Duration = 3650 * 86400.0
+
+    @model_validator(mode="after")
+    def _check(self) -> ClockSection:
+        if self.max_skew <= 0:
+            raise ValueError("max_skew must be positive")
+        return self
+
+
 class StatusSection(_Model):
     enabled: bool = True
     listen: str = "127.0.0.1:9466"
@@ -243,6 +269,7 @@ class Config(BaseSettings):
     outputs: list[OutputSection] = Field(min_length=1)
     aggregations: list[AggregationSection] = []
     spool: SpoolSection = SpoolSection()
+    clock: ClockSection = ClockSection()
     status: StatusSection = StatusSection()
 
     @model_validator(mode="after")
@@ -260,6 +287,14 @@ class Config(BaseSettings):
             )
         if sends_aggregates and not self.aggregations:
             raise ValueError("an output sends the 'aggregates' stream but no [[aggregations]]")
+        for sub in self.mqtt.subscriptions:
+            shadowed = sub.shadowed_tags({*self.agent.tags, *sub.tags})
+            if shadowed:
+                raise ValueError(
+                    f"subscription {sub.topic!r} captures {sorted(shadowed)}, which static tags "
+                    "of the gateway also set and always win; drop the static tag, rename the "
+                    "capture, or set override_tags = true to let publishers set it"
+                )
         if not self.mqtt.client_id:
             object.__setattr__(
                 self.mqtt,

@@ -18,6 +18,9 @@ import structlog
 from agent.aggregate.aggregator import CONSUMER as AGGREGATOR
 from agent.aggregate.aggregator import SOURCE as AGGREGATOR_SOURCE
 from agent.aggregate.aggregator import Aggregator
+from agent.clock import hold, kernel
+from agent.clock.trust import NS, ClockTrust
+from agent.clock.watch import ClockWatch
 from agent.config import Config
 from agent.deadletter import DeadLetters
 from agent.forward.http import Writer
@@ -25,7 +28,8 @@ from agent.forward.output import Output
 from agent.parse.clock import IngestClock
 from agent.parse.payload import MappingRules
 from agent.parse.topic import TopicTemplate
-from agent.source.mqtt import MqttSource, Route
+from agent.source.mapping import Mapper, Route
+from agent.source.mqtt import MqttSource
 from agent.source.redelivery import RedeliveryGuard
 from agent.spool.budget import Budget
 from agent.spool.store import Spool
@@ -76,6 +80,7 @@ def routes_for(cfg: Config) -> list[Route]:
             precision=sub.precision,
             json_time_key=sub.json_time_key,
             json_tag_keys=frozenset(sub.json_tag_keys),
+            override_tags=sub.override_tags,
         )
         routes.append(Route(rules, sub.qos, sub.topic))
     return routes
@@ -95,6 +100,7 @@ class Agent:
         )
         self.outputs: list[Output] = []
         self.source: MqttSource | None = None
+        self.trust = ClockTrust(cfg.clock.trust, cfg.clock.max_skew, kernel.boot_id())
         self.stop = asyncio.Event()
         self.failed = False
 
@@ -107,6 +113,9 @@ class Agent:
                 found[f"output:{output.name}"] = output.problem
         if self.source is not None and self.source.blocked:
             found["spool"] = "intake blocked by the spool budget or a disk error"
+        if not self.trust.trusted:
+            held = sum(self.spool.stats[s].lines for s in self.spool.streams_like(hold.PREFIX))
+            found["clock"] = f"{self.trust.problem}; {held} readings held until it is confirmed"
         return found
 
     async def run(self) -> int:
@@ -123,17 +132,10 @@ class Agent:
                 consumers=forgotten,
                 note="these outputs are no longer configured",
             )
-        clock = IngestClock(await self.spool.get_meta("clock_floor"))
-        guard = RedeliveryGuard()
-        self.source = MqttSource(
-            cfg.mqtt,
-            routes_for(cfg),
-            self.spool,
-            clock,
-            guard,
-            DeadLetters(data / "dead-letters" / "ingest.jsonl"),
-            self.metrics,
-            cfg.spool.max_commit_batch,
+        clock = IngestClock(
+            await self.spool.get_meta("clock_floor"),
+            max_future=round(cfg.clock.max_future * NS),
+            max_past=round(cfg.clock.max_past * NS),
         )
         aggregator = Aggregator(cfg.aggregations, self.spool, self.metrics, self._mqtt_up)
         await aggregator.load()  # also forgets the windows of aggregations no longer configured
@@ -149,6 +151,24 @@ class Agent:
             )
             self.spool.listen(output.new_data)
             self.outputs.append(output)
+        clock_watch = ClockWatch(
+            self.trust,
+            self.spool,
+            self.metrics,
+            [(o.name, o.writer.server_time) for o in self.outputs],
+            lambda: self.source.kick() if self.source is not None else None,
+        )
+        await clock_watch.start()
+        self.source = MqttSource(
+            cfg.mqtt,
+            Mapper(routes_for(cfg), clock, cfg.mqtt.max_payload),
+            self.spool,
+            clock_watch,
+            RedeliveryGuard(),
+            DeadLetters(data / "dead-letters" / "ingest.jsonl"),
+            self.metrics,
+            cfg.spool.max_commit_batch,
+        )
         status = None
         if cfg.status.enabled:
             host, port = cfg.status.host_port
@@ -170,6 +190,7 @@ class Agent:
         ]
         if cfg.aggregations:
             stage_tasks.append(asyncio.create_task(aggregator.run(self.stop), name="aggregator"))
+        stage_tasks.append(asyncio.create_task(clock_watch.run(self.stop), name="clock"))
         stats_task = asyncio.create_task(self._stats_loop(), name="stats")
         for task in (source_task, *stage_tasks, stats_task):
             task.add_done_callback(self._on_task_done)
@@ -211,12 +232,19 @@ class Agent:
 
     async def _stats_loop(self) -> None:
         while True:
-            now = time.time()
+            by_label: dict[str, tuple[int, int, float]] = {}
             for stream, stats in self.spool.stats.items():
-                self.metrics.spool_lines.labels(stream).set(stats.lines)
-                self.metrics.spool_bytes.labels(stream).set(stats.bytes)
-                age = now - stats.oldest if stats.oldest is not None else 0.0
-                self.metrics.spool_oldest_age.labels(stream).set(age)
+                label = "held" if stream.startswith(hold.PREFIX) else stream
+                lines, size, age = by_label.get(label, (0, 0, 0.0))
+                by_label[label] = (
+                    lines + stats.lines,
+                    size + stats.bytes,
+                    max(age, self.spool.oldest_age(stream)),
+                )
+            for label, (lines, size, age) in by_label.items():
+                self.metrics.spool_lines.labels(label).set(lines)
+                self.metrics.spool_bytes.labels(label).set(size)
+                self.metrics.spool_oldest_age.labels(label).set(age)
             for output in self.outputs:
                 for stream in output.cfg.streams:
                     pos = await self.spool.cursor(output.name, stream)

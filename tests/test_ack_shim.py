@@ -37,6 +37,9 @@ async def test_aiomqtt_still_wraps_a_paho_client() -> None:
     # ack.py queues grouped PUBACKs itself and replaces the per-topic callback matcher.
     assert callable(c._client._packet_queue)
     assert hasattr(c._client, "_on_message_filtered")
+    # ack.py decodes the raw topic bytes itself (paho's ``topic`` raises on bytes not UTF-8).
+    message = paho.MQTTMessage(topic=b"a/\xff")
+    assert message._topic == b"a/\xff"
 
 
 async def collect(port: int, want: int, ack: bool) -> list[Received]:

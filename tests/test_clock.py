@@ -9,7 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.parse.clock import IngestClock, parse_timestamp
+from agent.clock.kernel import boottime_ns
+from agent.parse.clock import REBASE_NS, IngestClock, TimestampRejected, parse_timestamp
+
+NOW_NS = 1_790_000_000_000_000_000
 
 # --- IngestClock ------------------------------------------------------------------------------
 
@@ -35,26 +38,72 @@ def test_clock_never_goes_back(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [clock.next() for _ in range(3)] == [5_000, 5_001, 6_000]
 
 
-def test_clock_stays_above_its_floor() -> None:
-    floor = time.time_ns() + 60 * 10**9  # e.g. a spool written before the clock stepped back
+def test_clock_stays_above_a_floor_it_is_just_behind() -> None:
+    floor = time.time_ns() + REBASE_NS // 2  # a restart within a tick of a small step back
     clock = IngestClock(floor)
     assert [clock.next(), clock.next()] == [floor + 1, floor + 2]
 
 
+def test_clock_follows_a_trusted_step_back_instead_of_counting_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wall clock is trusted only once confirmed (agent/clock/trust.py): standing far behind
+    the floor then means the floor was stamped by a wrong clock, so counting on from it would
+    stamp every reading at the wrong time."""
+    now = iter([5 * REBASE_NS, 5 * REBASE_NS - 10, 2 * REBASE_NS, 2 * REBASE_NS])
+    monkeypatch.setattr(time, "time_ns", lambda: next(now))
+    clock = IngestClock()
+    stamps = [clock.next() for _ in range(4)]
+    assert stamps == [5 * REBASE_NS, 5 * REBASE_NS + 1, 2 * REBASE_NS, 2 * REBASE_NS + 1]
+
+
 def test_last_is_the_newest_stamp_for_persisting_as_the_next_floor() -> None:
-    clock = IngestClock(5)
-    assert clock.last == 5
+    clock = IngestClock(time.time_ns())
     stamp = clock.next()
     assert clock.last == stamp
     assert IngestClock(clock.last).next() > stamp
 
 
 @settings(max_examples=200)
-@given(st.integers(min_value=0, max_value=2**62))
-def test_clock_exceeds_any_floor(floor: int) -> None:
+@given(st.integers(min_value=0, max_value=REBASE_NS // 2))
+def test_clock_exceeds_any_floor_within_a_tick(ahead: int) -> None:
+    floor = time.time_ns() + ahead
     clock = IngestClock(floor)
     first = clock.next()
     assert floor < first < clock.next()
+
+
+def test_holding_stamps_come_from_the_boot_clock_and_are_remembered() -> None:
+    clock = IngestClock(time.time_ns())
+    clock.holding = True
+    before = boottime_ns()
+    stamps = [clock.next() for _ in range(3)]
+    assert before <= stamps[0] < stamps[1] < stamps[2] <= boottime_ns() + 2
+    assert clock.issued == stamps
+
+
+@pytest.mark.parametrize(
+    ("ts", "reason"),
+    [
+        (NOW_NS + 301 * 10**9, "future_timestamp"),
+        (NOW_NS - 11 * 10**9, "ancient_timestamp"),
+        (NOW_NS + 299 * 10**9, None),
+        (NOW_NS - 9 * 10**9, None),
+    ],
+)
+def test_payload_timestamps_are_checked_against_the_trusted_clock(
+    monkeypatch: pytest.MonkeyPatch, ts: int, reason: str | None
+) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: NOW_NS)
+    clock = IngestClock(0, max_future=300 * 10**9, max_past=10 * 10**9)
+    if reason is None:
+        assert clock.accept(ts) == ts
+    else:
+        with pytest.raises(TimestampRejected) as caught:
+            clock.accept(ts)
+        assert caught.value.reason == reason
+    clock.holding = True  # an unconfirmed clock cannot judge: checked when placed
+    assert clock.accept(ts) == ts
 
 
 # --- parse_timestamp --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -47,7 +48,7 @@ def reason(mapping: MappingRules, payload: bytes, topic: str = TOPIC) -> str:
 
 @pytest.fixture(autouse=True)
 def _frozen_wall_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("time.time_ns", lambda: 0)  # FixedClock's floor then decides
+    monkeypatch.setattr("time.time_ns", lambda: NOW)  # a standing clock: FixedClock counts on
 
 
 # --- rules ------------------------------------------------------------------------------------
@@ -131,8 +132,13 @@ def test_value_field_from_topic() -> None:
     assert reason(mapping, b"7", "dev/9/a\nb") == "unrepresentable"
 
 
-def test_value_tag_precedence_static_then_topic() -> None:
+def test_value_gateway_tags_win_over_topic_captures() -> None:
     mapping = rules(tags={"plant": "p1", "line": "static"})
+    assert lines(mapping, b"1") == [f"temp,line=static,plant=p1,sensor=s1 value=1.0 {NOW}"]
+
+
+def test_value_topic_overrides_static_tags_only_when_allowed() -> None:
+    mapping = rules(tags={"plant": "p1", "line": "static"}, override_tags=True)
     assert lines(mapping, b"1") == [f"temp,line=l1,plant=p1,sensor=s1 value=1.0 {NOW}"]
     # An empty capture is absent, so the static tag shows through.
     assert lines(mapping, b"1", "plant//sensor/s1/temp") == [
@@ -163,12 +169,19 @@ def test_each_point_gets_its_own_receive_time() -> None:
 
 
 def test_influx_keeps_measurement_and_fields_and_merges_tags() -> None:
-    mapping = rules("influx", "dev/{id}/{sensor}", tags={"plant": "p1", "id": "static"})
+    mapping = rules("influx", "dev/{id}/{sensor}", tags={"plant": "p1"})
     payload = b'cpu,sensor=own,host=h u=1i,s="x" 1700000000\n# comment\n\nmem free=2,ok=t'
     assert lines(mapping, payload, "dev/7/s1") == [
         'cpu,host=h,id=7,plant=p1,sensor=own u=1i,s="x" 1700000000',
         f"mem,id=7,plant=p1,sensor=s1 free=2.0,ok=true {NOW}",
     ]
+
+
+@pytest.mark.parametrize(("override", "plant"), [(False, "p1"), (True, "p2")])
+def test_influx_payload_cannot_relabel_the_plant_unless_allowed(override: bool, plant: str) -> None:
+    mapping = rules("influx", "dev/{id}", tags={"plant": "p1"}, override_tags=override)
+    [point] = points(mapping, b"cpu,plant=p2 u=1i", "dev/7")
+    assert point.tags == {"plant": plant, "id": "7"}
 
 
 @pytest.mark.parametrize(
@@ -257,8 +270,16 @@ def test_json_tag_keys_and_precedence() -> None:
     )
     payload = b'{"site": "s9", "id": 42, "unit": "C", "meta": {"zone": "z"}, "blank": "", "v": 1}'
     [point] = points(mapping, payload, "dev/7")
-    assert point.tags == {"site": "s9", "id": "42", "unit": "C", "meta_zone": "z", "plant": "p1"}
+    assert point.tags == {
+        "site": "static",
+        "id": "42",
+        "unit": "C",
+        "meta_zone": "z",
+        "plant": "p1",
+    }
     assert point.fields == {"v": 1.0}
+    [point] = points(dataclasses.replace(mapping, override_tags=True), payload, "dev/7")
+    assert point.tags["site"] == "s9"
 
 
 def test_json_time_key() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import functools
 import gzip
 import ssl
@@ -78,6 +79,24 @@ class Writer:
         self.target = endpoint(cfg)
         self.ssl = ssl_context(cfg)
         self.timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+
+    async def server_time(self) -> float | None:
+        """The server's clock, from the Date header of any answer to ``GET /ping`` (InfluxDB and
+        VictoriaMetrics answer it without credentials); None without an answer or a Date."""
+        url = self.cfg.url.rstrip("/") + "/ping"
+        try:
+            async with self.session.get(
+                url, timeout=aiohttp.ClientTimeout(total=5), ssl=self.ssl, allow_redirects=False
+            ) as response:
+                date = response.headers.get("Date")
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+        if date is None:
+            return None
+        try:
+            return email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError, IndexError):
+            return None
 
     async def post(self, body: bytes) -> Outcome:
         headers = dict(self.target.headers)

@@ -1,4 +1,5 @@
-"""Ingest timestamps: a strictly increasing receive clock and JSON timestamp parsing."""
+"""Ingest timestamps: the receive clock, the sanity bounds of payload timestamps, and JSON
+timestamp parsing."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import re
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+
+from agent.clock.kernel import boottime_ns
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -17,31 +20,78 @@ _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
     r"(?:\.([0-9]{1,9}))?(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
+# A trusted clock that stands this far behind the newest stamp handed out was stepped back (by
+# NTP, which is right): stamps follow it instead of counting on from the old, wrong time.
+REBASE_NS = 1_000_000_000
+
+
+class TimestampRejected(ValueError):
+    """A payload timestamp outside the sanity bounds; ``reason`` labels the dead letter."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def check_bounds(ts: int, now: int, max_future: int, max_past: int) -> None:
+    """Refuse a timestamp too far ahead of ``now`` (one reading stamped 2100 would hold its
+    series' aggregation clock there for good) or absurdly far behind it; 0 disables a bound."""
+    if max_future and ts > now + max_future:
+        ahead = (ts - now) / 1e9
+        raise TimestampRejected(
+            "future_timestamp", f"timestamp {ts} is {ahead:,.0f} s ahead of the gateway's clock"
+        )
+    if max_past and ts < now - max_past:
+        behind = (now - ts) / 1e9
+        raise TimestampRejected(
+            "ancient_timestamp", f"timestamp {ts} is {behind:,.0f} s behind the gateway's clock"
+        )
 
 
 class IngestClock:
-    """Strictly increasing ns receive timestamps, so two readings never collapse into one point.
+    """Receive timestamps for readings that carry none, and the bounds check for those that do.
 
-    ``floor_ns`` is a timestamp already handed out (e.g. the newest one in the spool): every
-    ``next()`` is greater, even if the wall clock stepped back across a restart.
+    Trusted (the wall clock is confirmed, see agent/clock/trust.py): strictly increasing ns wall
+    time, so two readings never collapse into one point; ``floor_ns`` is the newest stamp already
+    in the spool, so a restart never goes below it unless the clock was provably stepped back.
+
+    Holding (the wall clock is not confirmed yet): stamps come from the boot clock, which never
+    steps, and each one is remembered in ``issued`` so the source can tell them from payload
+    timestamps; once the wall clock is trusted they are placed on it (agent/clock/hold.py).
+    Payload timestamps are then checked at placing time, against a clock that means something.
     """
 
-    __slots__ = ("_last",)
+    __slots__ = ("_held_last", "_last", "holding", "issued", "max_future", "max_past")
 
-    def __init__(self, floor_ns: int = 0) -> None:
+    def __init__(self, floor_ns: int = 0, max_future: int = 0, max_past: int = 0) -> None:
         self._last = floor_ns
+        self._held_last = 0
+        self.max_future = max_future
+        self.max_past = max_past
+        self.holding = False
+        self.issued: list[int] = []
 
     @property
     def last(self) -> int:
-        """The newest timestamp handed out; persisted so a restart never goes below it."""
+        """The newest wall-clock stamp handed out; persisted so a restart never goes below it."""
         return self._last
 
     def next(self) -> int:
-        """The current time in ns, or one ns past the previous value if that is not later."""
+        if self.holding:
+            stamp = max(boottime_ns(), self._held_last + 1)
+            self._held_last = stamp
+            self.issued.append(stamp)
+            return stamp
         now = time.time_ns()
         last = self._last + 1
-        self._last = now if now > last else last
+        self._last = now if now > last or last - now > REBASE_NS else last
         return self._last
+
+    def accept(self, ts: int) -> int:
+        """A payload timestamp, if it lies within the bounds (raises TimestampRejected)."""
+        if not self.holding:
+            check_bounds(ts, time.time_ns(), self.max_future, self.max_past)
+        return ts
 
 
 def _in_range(ns: int) -> int:

@@ -1,7 +1,10 @@
 """Map one MQTT message (topic + payload) to line-protocol lines under a subscription's rules.
 
-Tag precedence: static tags < topic captures < the payload's own tags; an empty value counts as
-absent, so it never hides a lower-precedence tag. Every point leaves with a ns timestamp.
+Tag precedence: topic captures < the payload's own tags < the gateway's static tags (agent and
+subscription), so a publisher cannot relabel its readings as another plant's; with
+``override_tags`` the static tags come first and the topic and payload may override them. An empty
+value counts as absent, so it never hides a lower-precedence tag. Every point leaves with a ns
+timestamp, and a payload's own timestamp must lie within the clock's sanity bounds.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, NoReturn
 
-from agent.parse.clock import IngestClock, parse_timestamp
+from agent.parse.clock import IngestClock, TimestampRejected, parse_timestamp
 from agent.parse.lineprotocol import (
     FieldValue,
     LineProtocolError,
@@ -51,6 +54,7 @@ class MappingRules:
     precision: str = "ns"
     json_time_key: str = "time"
     json_tag_keys: frozenset[str] = frozenset()
+    override_tags: bool = False
     # Escaped text that depends only on the rules, computed once for the value hot path.
     _head: str = dataclasses.field(init=False, repr=False, compare=False)
     _field_text: str = dataclasses.field(init=False, repr=False, compare=False)
@@ -93,6 +97,24 @@ def _decode(payload: bytes) -> str:
         return payload.decode()
     except UnicodeDecodeError as exc:
         raise PayloadError("not_utf8", f"payload is not UTF-8: {exc}") from None
+
+
+def _tags(rules: MappingRules, *layers: Mapping[str, str]) -> dict[str, str]:
+    """The point's tags from the message's layers (lowest precedence first) and the static ones."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        merged.update(layer)
+    if rules.override_tags:
+        return {**rules.tags, **merged}
+    merged.update(rules.tags)
+    return merged
+
+
+def _accept(clock: IngestClock, ts: int) -> int:
+    try:
+        return clock.accept(ts)
+    except TimestampRejected as exc:
+        raise PayloadError(exc.reason, str(exc)) from None
 
 
 def _encode(
@@ -139,7 +161,7 @@ def _map_value(rules: MappingRules, topic: str, payload: bytes, clock: IngestClo
     value = _value_field(payload)
     if found.tags or found.measurement is not None:
         measurement = rules.measurement if found.measurement is None else found.measurement
-        tags = {**rules.tags, **found.tags} if rules.tags else found.tags
+        tags = _tags(rules, found.tags) if rules.tags else found.tags
         try:
             head = encode_head(measurement, tags)
         except LineProtocolError as exc:
@@ -158,7 +180,6 @@ def _map_influx(rules: MappingRules, topic: str, payload: bytes, clock: IngestCl
         raise PayloadError("bad_line_protocol", str(exc)) from None
     if not points:
         _fail("empty", "payload has no line-protocol lines")
-    base = {**rules.tags, **found.tags}
     scale = _PRECISION_NS[rules.precision]
     lines = []
     for point in points:
@@ -168,7 +189,9 @@ def _map_influx(rules: MappingRules, topic: str, payload: bytes, clock: IngestCl
             ts = point.ts_ns * scale
             if not _INT64_MIN <= ts <= _INT64_MAX:
                 _fail("bad_timestamp", f"timestamp {point.ts_ns} {rules.precision} is out of range")
-        lines.append(_encode(point.measurement, {**base, **point.tags}, point.fields, ts))
+            ts = _accept(clock, ts)
+        tags = _tags(rules, found.tags, point.tags)
+        lines.append(_encode(point.measurement, tags, point.fields, ts))
     return lines
 
 
@@ -208,17 +231,17 @@ def _json_field(key: str, value: Any) -> FieldValue | None:
 def _json_point(
     rules: MappingRules,
     measurement: str,
-    base: Mapping[str, str],
+    topic_tags: Mapping[str, str],
     obj: Mapping[str, Any],
     clock: IngestClock,
 ) -> str:
     """One object as a line; a json_tag_keys leaf that is a scalar becomes a tag (as JSON text)."""
-    tags = dict(base)
+    payload_tags: dict[str, str] = {}
     fields: dict[str, FieldValue] = {}
     for key, leaf in _leaves(obj, rules.json_time_key):
         if key in rules.json_tag_keys and isinstance(leaf, str | int | float):
             if leaf != "":
-                tags[key] = leaf if isinstance(leaf, str) else json.dumps(leaf)
+                payload_tags[key] = leaf if isinstance(leaf, str) else json.dumps(leaf)
             continue
         value = _json_field(key, leaf)
         if value is not None:
@@ -230,9 +253,10 @@ def _json_point(
             ts = parse_timestamp(obj[rules.json_time_key])
         except ValueError as exc:
             raise PayloadError("bad_timestamp", str(exc)) from None
+        ts = _accept(clock, ts)
     else:
         ts = clock.next()
-    return _encode(measurement, tags, fields, ts)
+    return _encode(measurement, _tags(rules, topic_tags, payload_tags), fields, ts)
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -254,8 +278,7 @@ def _map_json(rules: MappingRules, topic: str, payload: bytes, clock: IngestCloc
     if not all(isinstance(obj, dict) for obj in objects):
         _fail("bad_json", "JSON payload must be an object or a list of objects")
     measurement = rules.measurement if found.measurement is None else found.measurement
-    base = {**rules.tags, **found.tags}
-    return [_json_point(rules, measurement, base, obj, clock) for obj in objects]
+    return [_json_point(rules, measurement, found.tags, obj, clock) for obj in objects]
 
 
 _MAPPERS = {"value": _map_value, "influx": _map_influx, "json": _map_json}

@@ -97,6 +97,10 @@ class TopicTemplate:
     def __repr__(self) -> str:
         return f"TopicTemplate({self.template!r})"
 
+    @property
+    def tag_names(self) -> tuple[str, ...]:
+        return tuple(name for _, name in self._tag_indexes)
+
     def match(self, topic: str) -> TopicMatch | None:
         """Match a concrete topic; None when it does not fit the template."""
         if self._multi:

@@ -107,7 +107,10 @@ def attach(client: aiomqtt.Client, deliver: Callable[[Received], None]) -> Intak
     def on_message(_client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
         delivered[0] += 1
         payload = bytes(message.payload)  # the same object when it is already bytes
-        deliver(Received(message.topic, payload, message.mid, message.qos, message.dup))
+        # paho's ``topic`` decodes strictly and would raise inside its read loop (dropping the
+        # connection, again at every redelivery); escapes let the mapper refuse it instead.
+        topic = message._topic.decode("utf-8", "surrogateescape")
+        deliver(Received(topic, payload, message.mid, message.qos, message.dup))
 
     inner.on_message = on_message
     inner.loop_read = _draining(inner.loop_read, delivered, intake)  # type: ignore[method-assign]

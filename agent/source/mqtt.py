@@ -1,13 +1,20 @@
-"""The MQTT source: one persistent session, group commit to the spool, PUBACK after commit."""
+"""The MQTT source: one persistent session, group commit to the spool, PUBACK after commit.
+
+What can stop intake is decided here, in two kinds. One message that fails (mapping.py) is set
+aside and acknowledged. The spool or the disk failing (full, read-only, a dead-letter file that
+cannot be written) blocks the commit: nothing is acknowledged, the broker keeps the messages, and
+the commit is retried until it lands, the session drops or the agent stops.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import random
+import sqlite3
 import ssl
 import time
-from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -15,44 +22,42 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.clock import hold
+from agent.clock.watch import ClockWatch
 from agent.config import MQTTSection
-from agent.deadletter import DeadLetters, payload_record
+from agent.deadletter import DeadLetters, held_record
 from agent.logs import RateLimited
-from agent.parse.clock import IngestClock
-from agent.parse.payload import MappingRules, PayloadError, map_payload
 from agent.source.ack import Intake, Received, attach
+from agent.source.mapping import Mapper, Prepared
 from agent.source.redelivery import RedeliveryGuard, digest
-from agent.spool.store import Records, Spool
+from agent.spool.store import Body, Records, Spool
 from agent.status.metrics import Metrics
 
 log = structlog.get_logger("edge_agent.source")
 
 BLOCKED_RETRY = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    rules: MappingRules
-    qos: int
-    label: str
+# MQTT 5 Maximum Packet Size, as a multiple of max_payload: the broker discards anything larger
+# instead of sending it, so one huge publish cannot exhaust a small gateway's memory.
+PACKET_SIZE_FACTOR = 16
+MQTT_MAX_PACKET = 268_435_455
 
 
 class MqttSource:
     def __init__(
         self,
         cfg: MQTTSection,
-        routes: list[Route],
+        mapper: Mapper,
         spool: Spool,
-        clock: IngestClock,
+        clock_watch: ClockWatch,
         guard: RedeliveryGuard,
         dead_letters: DeadLetters,
         metrics: Metrics,
         max_commit_batch: int,
     ) -> None:
         self.cfg = cfg
-        self.routes = routes
+        self.mapper = mapper
         self.spool = spool
-        self.clock = clock
+        self.clock_watch = clock_watch
         self.guard = guard
         self.dead_letters = dead_letters
         self.metrics = metrics
@@ -61,11 +66,14 @@ class MqttSource:
         self.blocked = False
         self._buffer: list[Received] = []
         self._wake = asyncio.Event()
-        self._bad_log = RateLimited()
-        self._received: dict[str, int] = {}
+        self._blocked_log = RateLimited()
         self._intake: Intake | None = None
         self._barrier: asyncio.Task[None] | None = None
         self._barrier_topic = f"edge-agent/barrier/{cfg.client_id}"
+
+    def kick(self) -> None:
+        """Wake the commit loop (the clock became trusted: held readings are to be placed)."""
+        self._wake.set()
 
     def _deliver(self, message: Received) -> None:
         self._buffer.append(message)
@@ -85,6 +93,8 @@ class MqttSource:
             except aiomqtt.MqttError as exc:
                 self.metrics.mqtt_connects.labels("error").inc()
                 log.warning("mqtt_disconnected", error=str(exc), retry_in=round(delay, 1))
+            except sqlite3.Error as exc:  # a new session needs one spool write: the disk said no
+                log.error("spool_unwritable", error=str(exc), retry_in=round(delay, 1))
             finally:
                 self.connected = False
                 self.metrics.mqtt_connected.set(0)
@@ -137,44 +147,46 @@ class MqttSource:
         client = self._client()
         intake = self._intake = attach(client, self._deliver)
         async with client:
-            for route in self.routes:
+            for route in self.mapper.routes:
                 await client.subscribe(route.rules.template.filter, qos=route.qos)
             # Connected means subscribed: on a new session, nothing published earlier is queued.
             self.connected = True
             self.metrics.mqtt_connected.set(1)
             self.metrics.mqtt_connects.labels("ok").inc()
             log.info("mqtt_connected", url=self.cfg.url, client_id=self.cfg.client_id)
-            watch = asyncio.create_task(_until_disconnected(client))
+            gone = asyncio.create_task(_until_disconnected(client))
             stopping = asyncio.create_task(stop.wait())
             try:
-                await self._commit_loop(client, intake, watch, stopping)
+                await self._commit_loop(client, intake, gone, stopping)
             finally:
-                watch.cancel()
+                gone.cancel()
                 stopping.cancel()
                 if self._barrier is not None:
                     self._barrier.cancel()
                 self._intake = None
-            if watch.done() and not watch.cancelled() and watch.exception():
-                raise aiomqtt.MqttError(str(watch.exception()))
+            if gone.done() and not gone.cancelled() and gone.exception():
+                raise aiomqtt.MqttError(str(gone.exception()))
 
     async def _commit_loop(
         self,
         client: aiomqtt.Client,
         intake: Intake,
-        watch: asyncio.Task[None],
+        gone: asyncio.Task[None],
         stopping: asyncio.Task[bool],
     ) -> None:
         """Group commit: everything that arrived during the last commit goes into the next."""
         while True:
+            if self._held_to_place() and not await self._place_held(gone, stopping):
+                return
             if not self._buffer:
-                if watch.done() or stopping.done():
+                if gone.done() or stopping.done():
                     return
                 waker = asyncio.create_task(self._wake.wait())
-                await asyncio.wait((waker, watch, stopping), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((waker, gone, stopping), return_when=asyncio.FIRST_COMPLETED)
                 waker.cancel()
                 self._wake.clear()
                 continue
-            if watch.done():
+            if gone.done():
                 # The session is gone: these messages cannot be acknowledged on it and the broker
                 # will redeliver them; the new connection stores them then.
                 self._buffer.clear()
@@ -183,19 +195,21 @@ class MqttSource:
             del self._buffer[: self.max_commit_batch]
             if len(self._buffer) < self.cfg.receive_maximum:
                 intake.resume()
-            await self._commit(batch, intake, watch)
-            if not watch.done():
+            if not await self._commit(batch, intake, gone, stopping):
+                return
+            if not gone.done():
                 self._start_barrier(client)
             if stopping.done():
                 # Intake stops here: whatever arrives now stays unacknowledged at the broker.
                 return
 
-    async def _commit(
-        self, batch: list[Received], intake: Intake, watch: asyncio.Task[None]
-    ) -> None:
-        lines: list[str] = []
+    def _prepare(self, batch: list[Received]) -> tuple[Prepared, list[tuple[int, bytes]], int]:
+        """Map the batch; the redelivery records of its QoS 1 messages; how many were
+        redeliveries of messages already stored."""
+        self.clock_watch.look()  # a step must be seen before anything is stamped with it
+        self.mapper.clock.holding = not self.clock_watch.trust.trusted
+        out = Prepared()
         new: list[tuple[int, bytes]] = []
-        bad: list[dict[str, object]] = []
         redelivered = 0
         for topic, payload, mid, qos, dup in batch:
             if qos:
@@ -204,16 +218,66 @@ class MqttSource:
                     redelivered += 1
                     continue
                 new.append((mid, d))
-            self._map(topic, payload, lines, bad)
-        if bad:
-            await asyncio.to_thread(self.dead_letters.write, bad)
+            self.mapper.add(topic, payload, out)
+        return out, new, redelivered
+
+    async def _commit(
+        self,
+        batch: list[Received],
+        intake: Intake,
+        gone: asyncio.Task[None],
+        stopping: asyncio.Task[bool],
+    ) -> bool:
+        """Store and acknowledge one batch; False if the session dropped or the agent stopped
+        while the disk refused it (then nothing is acknowledged)."""
+        out, new, redelivered = self._prepare(batch)
+        bodies = {"raw": Body(b"\n".join(out.raw), out.raw_lines)}
+        if out.held:
+            stream = hold.stream_of(self.clock_watch.trust.boot)
+            bodies[stream] = Body(b"\n".join(out.held), len(out.held))
         began = time.perf_counter()
         settled, purge_before = self.guard.take_settled()
         records = Records(self.guard.connection, self.guard.next_commit, new, settled, purge_before)
+        floor = None if self.mapper.clock.holding else self.mapper.clock.last
+        if not await self._persist(bodies, records, floor, out.bad, gone, stopping):
+            return False
+        self.guard.committed(records.commit)
+        self.metrics.commit_seconds.observe(time.perf_counter() - began)
+        for stream, body in bodies.items():
+            self.metrics.committed.labels(_stream_label(stream)).inc(body.lines)
+        self.metrics.redeliveries.inc(redelivered)
+        for label, count in out.received.items():
+            self.metrics.received.labels(label).inc(count)
+        for reason, count in out.rejected.items():
+            self.metrics.rejected.labels(reason).inc(count)
+            self.metrics.dropped.labels("malformed").inc(count)
+        if not gone.done():
+            intake.ack_all([message.mid for message in batch if message.qos])
+        return True
+
+    async def _persist(
+        self,
+        bodies: dict[str, Body],
+        records: Records | None,
+        floor: int | None,
+        bad: list[dict[str, Any]],
+        gone: asyncio.Task[None],
+        stopping: asyncio.Task[bool],
+    ) -> bool:
+        """Dead letters first (fsynced: a crash after the commit must not lose them), then the
+        commit; each retried while the disk refuses it."""
+        while bad:
+            try:
+                await asyncio.to_thread(self.dead_letters.write, bad)
+                break
+            except OSError as exc:
+                self.metrics.dead_letter_errors.labels(self.dead_letters.path.name).inc()
+                if not await self._blocked(
+                    f"dead letters cannot be written: {exc}", gone, stopping
+                ):
+                    return False
         while True:
-            result = await self.spool.ingest(
-                "raw", lines, records=records, clock_floor=self.clock.last
-            )
+            result = await self.spool.commit(bodies, records=records, clock_floor=floor)
             for drop in result.drops:
                 self.metrics.dropped.labels(drop.reason).inc(drop.lines)
                 log.warning(
@@ -221,25 +285,86 @@ class MqttSource:
                 )
             if result.committed:
                 break
-            self.blocked = True
-            self.metrics.intake_blocked.set(1)
-            if self._bad_log.allow("blocked") is not None:
-                log.warning("intake_blocked", reason=result.blocked_reason)
-            await asyncio.sleep(BLOCKED_RETRY)
-            if watch.done():
-                return
-        self.guard.committed(records.commit)
+            if not await self._blocked(result.blocked_reason or "", gone, stopping):
+                return False
+        if self.blocked:
+            log.info("intake_resumed")
         self.blocked = False
         self.metrics.intake_blocked.set(0)
-        self.metrics.commit_seconds.observe(time.perf_counter() - began)
-        self.metrics.committed.labels("raw").inc(len(lines))
-        self.metrics.redeliveries.inc(redelivered)
-        for label, count in self._received.items():
-            self.metrics.received.labels(label).inc(count)
-        self._received.clear()
-        if watch.done():
-            return
-        intake.ack_all([message.mid for message in batch if message.qos])
+        return True
+
+    async def _blocked(
+        self, reason: str, gone: asyncio.Task[None], stopping: asyncio.Task[bool]
+    ) -> bool:
+        """Intake pauses: wait a moment; False once the session is gone or the agent stops."""
+        self.blocked = True
+        self.metrics.intake_blocked.set(1)
+        suppressed = self._blocked_log.allow("blocked")
+        if suppressed is not None:
+            log.warning("intake_blocked", reason=reason, suppressed_since_last=suppressed)
+        await asyncio.wait((gone, stopping), timeout=BLOCKED_RETRY)
+        return not (gone.done() or stopping.done())
+
+    # -- readings held for the clock -------------------------------------------------------------
+
+    def _held_to_place(self) -> bool:
+        return self.clock_watch.trust.trusted and bool(self.spool.streams_like(hold.PREFIX))
+
+    async def _place_held(self, gone: asyncio.Task[None], stopping: asyncio.Task[bool]) -> bool:
+        """Move the held readings into the raw stream, on the wall clock, before anything stamped
+        by the trusted clock is committed: so they reach the aggregator in their own order."""
+        trust = self.clock_watch.trust
+        clock = self.mapper.clock
+        placed = rejected = 0
+        for stream in self.spool.streams_like(hold.PREFIX):
+            offset = trust.offset if hold.boot_of(stream) == trust.boot else None
+            while not stopping.done() and (chunk := await self.spool.oldest_chunk(stream)):
+                cid, body = chunk
+                result = hold.place(body, offset, time.time_ns(), clock.max_future, clock.max_past)
+                bad = [
+                    held_record(line.decode(), reason, error)
+                    for line, reason, error in result.rejected
+                ]
+                moved = Body(b"\n".join(result.lines), len(result.lines))
+                if not await self._move_held(stream, cid, moved, bad, gone, stopping):
+                    return False
+                placed += len(result.lines)
+                rejected += len(result.rejected)
+                for _, reason, _ in result.rejected:
+                    self.metrics.rejected.labels(reason).inc()
+                    self.metrics.dropped.labels("malformed").inc()
+        self.metrics.held_placed.inc(placed)
+        self.metrics.committed.labels("raw").inc(placed)
+        if placed or rejected:
+            log.info(
+                "held_readings_placed",
+                placed=placed,
+                set_aside=rejected,
+                confirmed_by=trust.confirmed_by,
+            )
+        return not stopping.done()
+
+    async def _move_held(
+        self,
+        stream: str,
+        cid: int,
+        moved: Body,
+        bad: list[dict[str, Any]],
+        gone: asyncio.Task[None],
+        stopping: asyncio.Task[bool],
+    ) -> bool:
+        while True:
+            try:
+                if bad:
+                    await asyncio.to_thread(self.dead_letters.write, bad)
+                    bad = []
+                await self.spool.move_chunk(stream, cid, "raw", moved)
+                return True
+            except (OSError, sqlite3.Error) as exc:
+                if not await self._blocked(
+                    f"held readings cannot be placed: {exc}", gone, stopping
+                ):
+                    return False
 
     def _start_barrier(self, client: aiomqtt.Client) -> None:
         """Prove that the broker has processed the PUBACKs sent so far, so their redelivery
@@ -259,35 +384,10 @@ class MqttSource:
             return
         self.guard.end_barrier(through)
 
-    def _map(
-        self, topic: str, payload: bytes, lines: list[str], bad: list[dict[str, object]]
-    ) -> None:
-        single = len(self.routes) == 1
-        for route in self.routes:
-            if not single and route.rules.template.match(topic) is None:
-                continue
-            self._received[route.label] = self._received.get(route.label, 0) + 1
-            try:
-                lines.extend(map_payload(route.rules, topic, payload, self.clock))
-            except PayloadError as exc:
-                self._reject(topic, payload, exc.reason, str(exc), bad)
-            return
-        self._reject(topic, payload, "no_subscription", "no subscription template matches", bad)
 
-    def _reject(
-        self, topic: str, payload: bytes, reason: str, error: str, bad: list[dict[str, object]]
-    ) -> None:
-        self.metrics.dropped.labels("malformed").inc()
-        bad.append(payload_record(topic, payload, reason, error))
-        suppressed = self._bad_log.allow(reason)
-        if suppressed is not None:
-            log.warning(
-                "payload_rejected",
-                topic=topic,
-                reason=reason,
-                error=error,
-                suppressed_since_last=suppressed,
-            )
+def _stream_label(stream: str) -> str:
+    """Held streams are named per boot; the metrics call them all "held"."""
+    return "held" if stream.startswith(hold.PREFIX) else stream
 
 
 async def _until_disconnected(client: aiomqtt.Client) -> None:

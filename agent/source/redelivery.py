@@ -36,7 +36,9 @@ DIGEST_SIZE = 12
 
 
 def digest(topic: str, payload: bytes) -> bytes:
-    return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=DIGEST_SIZE).digest()
+    """Of the topic as received (the ack shim decodes bytes that are not UTF-8 as escapes)."""
+    raw = topic.encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(raw + b"\0" + payload, digest_size=DIGEST_SIZE).digest()
 
 
 class RedeliveryGuard:

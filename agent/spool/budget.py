@@ -1,15 +1,33 @@
 """Which chunks to give up, or whether to stop taking messages, when a spool budget is hit.
 
-Pure logic, so the policy is tested without a disk. Raw readings go before aggregates, oldest
-first: an aggregate summarises many readings, so losing it costs more.
+Pure logic, so the policy is tested without a disk. Raw readings (and readings held for the
+clock, which become raw) go before aggregates, oldest first: an aggregate summarises many
+readings, so losing it costs more.
+
+Ages are read on an age clock, not the wall clock: a Raspberry Pi that boots in 1970 and is then
+stepped to today by NTP would otherwise find its whole backlog 56 years old and drop it.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
-DROP_ORDER = ("raw",)
+DROP_FIRST = ("raw", "held:")
+
+
+class AgeClock:
+    """Seconds the spool has been open, summed over runs: it starts where the newest chunk was
+    stamped and runs on the monotonic clock. ``max_age`` therefore counts the time data has
+    waited while the agent ran; neither a clock step nor a week switched off ages it."""
+
+    def __init__(self, start: float) -> None:
+        self._start = start
+        self._opened = time.monotonic()
+
+    def now(self) -> float:
+        return self._start + time.monotonic() - self._opened
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +53,7 @@ class DropPlan:
 
 
 def _drop_rank(chunk: ChunkInfo) -> tuple[int, int]:
-    rank = DROP_ORDER.index(chunk.stream) if chunk.stream in DROP_ORDER else len(DROP_ORDER)
-    return rank, chunk.id
+    return (0 if chunk.stream.startswith(DROP_FIRST) else 1), chunk.id
 
 
 def plan_drops(

@@ -3,8 +3,9 @@
 A chunk is what one group commit wrote to one stream: many lines in one row, so the per-reading
 cost of durability is a memcpy, not a B-tree insert. A consumer's position is (chunk id, line
 index); chunk ids only grow (AUTOINCREMENT), so a position stays meaningful after the chunks
-before it are deleted or dropped. Every method runs on one dedicated thread that owns the
-connection, keeping disk waits off the event loop.
+before it are deleted or dropped. A chunk's ``created`` is read on the spool's age clock
+(budget.py), which wall-clock steps cannot move. Every method runs on one dedicated thread that
+owns the connection, keeping disk waits off the event loop.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import asyncio
 import json
 import shutil
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from agent.spool.budget import Budget, ChunkInfo, DropPlan, plan_drops
+from agent.spool.budget import AgeClock, Budget, ChunkInfo, DropPlan, plan_drops
 
 T = TypeVar("T")
 
@@ -95,6 +95,14 @@ class IngestResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Body:
+    """Lines as one chunk body: newline-joined bytes and how many lines they are."""
+
+    data: bytes
+    lines: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReadResult:
     """Lines read from a position; ``end`` is where the consumer stands once they are delivered."""
 
@@ -145,6 +153,7 @@ class Spool:
         self.read_heads: dict[tuple[str, str], Position] = {}
         self.drop_generation = 0
         self._listeners: list[asyncio.Event] = []
+        self.age = AgeClock(0.0)
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -172,6 +181,8 @@ class Spool:
         if check != "ok":
             raise SpoolError(f"spool {self.path} failed its integrity check: {check}")
         self._db = db
+        newest = db.execute("SELECT max(created) FROM chunks").fetchone()[0]
+        self.age = AgeClock(float(newest or 0.0))
         self._reload_stats()
 
     async def close(self) -> None:
@@ -198,6 +209,17 @@ class Spool:
             return int(row[0]) if row else default
 
         return await self._run(_get)
+
+    async def set_meta(self, values: Mapping[str, int]) -> None:
+        def _set() -> None:
+            with _transaction(self.db):
+                self.db.executemany(
+                    "INSERT INTO meta(key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    list(values.items()),
+                )
+
+        await self._run(_set)
 
     async def next_connection(self) -> int:
         """A durable counter of MQTT connections, so redeliveries can be told from new sends."""
@@ -337,10 +359,23 @@ class Spool:
         records: Records | None = None,
         clock_floor: int | None = None,
     ) -> IngestResult:
-        """One group commit: the lines, the redelivery records of the messages they came from
-        and the erasure of those now settled at the broker, and the clock floor."""
-        result = await self._run(self._ingest, stream, lines, records, clock_floor)
-        if result.committed and lines:
+        """``commit`` of one stream's lines."""
+        body = Body("\n".join(lines).encode(), len(lines))
+        return await self.commit({stream: body}, records=records, clock_floor=clock_floor)
+
+    async def commit(
+        self,
+        bodies: Mapping[str, Body],
+        *,
+        records: Records | None = None,
+        clock_floor: int | None = None,
+    ) -> IngestResult:
+        """One group commit: a chunk per stream, the redelivery records of the messages they came
+        from and the erasure of those now settled at the broker, and the clock floor. A disk that
+        is full or gone read-only blocks it (nothing written, nothing to acknowledge)."""
+        bodies = {stream: body for stream, body in bodies.items() if body.lines}
+        result = await self._run(self._commit, bodies, records, clock_floor)
+        if result.committed and bodies:
             self._notify()
         return result
 
@@ -354,34 +389,64 @@ class Spool:
             (stream, now, lines, len(body), body),
         )
 
-    def _ingest(
-        self, stream: str, lines: Sequence[str], records: Records | None, clock_floor: int | None
+    def _commit(
+        self, bodies: Mapping[str, Body], records: Records | None, clock_floor: int | None
     ) -> IngestResult:
         db = self.db
-        body = "\n".join(lines).encode()
-        now = time.time()
-        plan = self._plan(len(body) if lines else 0, now)
+        now = self.age.now()
+        plan = self._plan(sum(len(b.data) for b in bodies.values()), now)
         try:
             with _transaction(db):
                 drops = tuple(self._drop_chunk(cid, reason) for cid, reason in plan.drop)
                 if plan.blocked_reason is not None:
                     return IngestResult(False, drops, plan.blocked_reason)
-                if lines:
-                    self._insert_chunk(stream, now, len(lines), body)
+                for stream, body in bodies.items():
+                    self._insert_chunk(stream, now, body.lines, body.data)
                 if records is not None:
                     self._write_records(records)
                 if clock_floor is not None:
                     db.execute(
                         "INSERT INTO meta(key, value) VALUES('clock_floor', ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value=max(value, excluded.value)",
+                        "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                         (clock_floor,),
                     )
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             self._reload_stats()
             return IngestResult(False, blocked_reason=f"disk_error: {exc}")
-        if lines:
-            self._count_appended(stream, len(lines), len(body), now)
+        for stream, body in bodies.items():
+            self._count_appended(stream, body.lines, len(body.data), now)
         return IngestResult(True, drops)
+
+    # -- held streams (agent/clock/hold.py) ------------------------------------------------------
+
+    def streams_like(self, prefix: str) -> list[str]:
+        """Streams with data whose name starts with ``prefix`` (in-memory stats: no query)."""
+        return sorted(s for s, st in self.stats.items() if s.startswith(prefix) and st.lines)
+
+    async def oldest_chunk(self, stream: str) -> tuple[int, bytes] | None:
+        def _oldest() -> tuple[int, bytes] | None:
+            row = self.db.execute(
+                "SELECT id, body FROM chunks WHERE stream=? ORDER BY id LIMIT 1", (stream,)
+            ).fetchone()
+            return None if row is None else (int(row[0]), bytes(row[1]))
+
+        return await self._run(_oldest)
+
+    async def move_chunk(self, stream: str, cid: int, target: str, body: Body) -> None:
+        """Replace chunk ``cid`` of ``stream`` by ``body`` appended to ``target``, atomically."""
+
+        def _move() -> None:
+            now = self.age.now()
+            with _transaction(self.db):
+                self._delete_where(stream, "id = ?", (cid,))
+                if body.lines:
+                    self._insert_chunk(target, now, body.lines, body.data)
+            if body.lines:
+                self._count_appended(target, body.lines, len(body.data), now)
+
+        await self._run(_move)
+        if body.lines:
+            self._notify()
 
     def _write_records(self, records: Records) -> None:
         db = self.db
@@ -405,6 +470,11 @@ class Spool:
                     json.dumps([(mid, d.hex()) for mid, d in records.new]),
                 ),
             )
+
+    def oldest_age(self, stream: str) -> float:
+        """Seconds the oldest chunk of ``stream`` has waited, on the age clock; 0 when empty."""
+        oldest = self.stats.get(stream, StreamStats()).oldest
+        return 0.0 if oldest is None else max(0.0, self.age.now() - oldest)
 
     def _plan(self, incoming: int, now: float) -> DropPlan:
         total = sum(s.bytes for s in self.stats.values())
@@ -493,7 +563,7 @@ class Spool:
         is lost from its window or counted in it twice. Aggregates are small and bypass the
         budget planner (the next raw commit makes room for them)."""
         body = "\n".join(lines).encode()
-        now = time.time()
+        now = self.age.now()
 
         def _checkpoint() -> None:
             db = self.db
@@ -599,6 +669,16 @@ class _transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self.db.execute("COMMIT")
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error:
+                # A COMMIT that fails (a full disk as the WAL grows) leaves the transaction open;
+                # without the rollback every later BEGIN would fail and the spool stay wedged.
+                self._rollback()
+                raise
         else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
             self.db.execute("ROLLBACK")

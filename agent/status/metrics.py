@@ -29,6 +29,39 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.rejected = Counter(
+            "edge_ingest_rejected",
+            "Messages (or held readings) set aside at intake as dead letters, by reason (empty, "
+            "not_utf8, bad_json, too_large, future_timestamp, clock_unplaceable, internal_error, "
+            '...); all of them also count in edge_readings_dropped_total{reason="malformed"}',
+            ["reason"],
+            registry=r,
+        )
+        self.dead_letter_errors = Counter(
+            "edge_dead_letter_write_errors",
+            "Failed dead-letter writes (disk full, read-only): retried, the cursor or the "
+            "acknowledgement waits",
+            ["file"],
+            registry=r,
+        )
+        self.clock_trusted = Gauge(
+            "edge_clock_trusted",
+            "1 once the wall clock is confirmed (NTP, or a server's clock); 0 while readings "
+            "are held and stamped from the boot clock",
+            registry=r,
+        )
+        self.clock_steps = Counter(
+            "edge_clock_steps",
+            "Wall-clock steps seen, by action (followed: NTP stepped it; distrusted: held "
+            "until confirmed again)",
+            ["action"],
+            registry=r,
+        )
+        self.held_placed = Counter(
+            "edge_clock_held_placed",
+            "Readings held while the clock was untrusted, placed on the wall clock once trusted",
+            registry=r,
+        )
         self.redeliveries = Counter(
             "edge_mqtt_redeliveries_deduplicated",
             "Broker redeliveries of already-committed messages, acknowledged without storing",
