@@ -111,6 +111,8 @@ class Agent:
         for output in self.outputs:
             if not output.healthy:
                 found[f"output:{output.name}"] = output.problem
+            if output.disk_problem:
+                found[f"output:{output.name}:disk"] = output.disk_problem
         if self.source is not None and self.source.blocked:
             found["spool"] = "intake blocked by the spool budget or a disk error"
         if not self.trust.trusted:

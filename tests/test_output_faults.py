@@ -108,3 +108,63 @@ async def test_batches_respect_size_and_several_are_in_flight(
         await rig.wait(lambda: len(server.lines) == 10_000)
         assert max(r.lines for r in server.requests) <= 1000
         assert all(r.gzip for r in server.requests)
+
+
+async def test_a_400_about_the_request_pauses_instead_of_dead_lettering_everything(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """A server (or a proxy) that refuses every request with the same 400, like InfluxDB 2's
+    "provide either orgID or org": a configuration problem, not 300 bad lines."""
+    server.outage = 400
+    async with Rig(tmp_path, server) as rig:
+        await rig.spool.ingest("raw", lines(300))
+        await rig.wait(lambda: not rig.output.healthy)
+        assert "whole request" in rig.output.problem and "outage 400" in rig.output.problem
+        await asyncio.sleep(0.5)
+        assert rig.dead_letters() == []
+        assert rig.spool.stats["raw"].lines == 300
+        server.outage = None  # the operator fixes the org
+        await rig.wait(lambda: len(server.lines) == 300)
+        await rig.wait(lambda: rig.spool.stats["raw"].lines == 0)
+        assert rig.dead_letters() == [] and rig.output.healthy
+
+
+async def test_bad_first_and_last_lines_are_still_bad_lines(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    server.bad_marker = "value=BAD"
+    batch = lines(100)
+    batch[0] = batch[0].replace("value=0 ", "value=BAD ")
+    batch[-1] = batch[-1].replace("value=99 ", "value=BAD ")
+    async with Rig(tmp_path, server) as rig:
+        await rig.spool.ingest("raw", batch)
+        await rig.wait(lambda: len(server.lines) == 98 and len(rig.dead_letters()) == 2)
+        assert rig.output.healthy
+        assert {d["line"] for d in rig.dead_letters()} == {batch[0], batch[-1]}
+
+
+async def test_a_failed_dead_letter_write_is_retried_and_holds_the_cursor(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """Before, the exception left the batch unfinished for good: the cursor froze while later
+    batches succeeded, so the spool never freed space."""
+    server.bad_marker = "value=BAD"
+    (tmp_path / "dead").write_text("a file where the dead-letter directory should be")
+    async with Rig(tmp_path, server, batch_size=100) as rig:
+        await rig.spool.ingest("raw", lines(100, bad_at=50))
+        failures = {"file": "cloud.jsonl"}
+        registry = rig.metrics.registry
+        await rig.wait(
+            lambda: (
+                (registry.get_sample_value("edge_dead_letter_write_errors_total", failures) or 0)
+                > 0
+            )
+        )
+        await rig.spool.ingest("raw", lines(200)[100:])
+        await rig.wait(lambda: len(server.lines) == 199)
+        assert "dead letter write failed" in rig.output.disk_problem
+        assert rig.spool.stats["raw"].lines == 200  # nothing freed: the cursor waits
+        (tmp_path / "dead").unlink()  # the disk is writable again
+        await rig.wait(lambda: len(rig.dead_letters()) == 1)
+        await rig.wait(lambda: rig.spool.stats["raw"].lines == 0)
+        assert rig.output.disk_problem == ""

@@ -10,6 +10,8 @@ probe at a time while the server is failing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from agent.deadletter import DeadLetters, line_record
 from agent.forward.classify import Action, Outcome
 from agent.forward.gate import Gate, Priority, full_jitter
 from agent.forward.http import Writer, encode_body
+from agent.logs import RateLimited
 from agent.spool.store import Position, Spool, wait_for_data
 from agent.status.metrics import Metrics
 
@@ -29,6 +32,17 @@ log = structlog.get_logger("edge_agent.output")
 # After an outage the dashboards' summaries are current within seconds; raw history backfills.
 _SEND_ORDER = ("aggregates", "raw")
 _RETRYABLE = (Action.RETRY, Action.THROTTLE, Action.CONFIG)
+DISK_RETRY = 2.0  # seconds between attempts at a cursor or dead-letter write the disk refused
+
+
+@dataclass(slots=True)
+class _Ends:
+    """What sending a refused batch's first and last line alone showed."""
+
+    rest: list[bytes]
+    accepted: list[bytes] = field(default_factory=list)
+    refused: list[tuple[bytes, Outcome]] = field(default_factory=list)
+    request_level: bool = False
 
 
 @dataclass(slots=True)
@@ -72,15 +86,19 @@ class Output:
         self.metrics = metrics
         self.healthy = True
         self.problem = ""
+        self.disk_problem = ""  # a cursor or dead-letter write the disk refuses, being retried
         self.new_data = asyncio.Event()
         self._streams = [_Stream(s, cfg.max_in_flight) for s in cfg.streams]
         self._gate = Gate(cfg.max_in_flight, full_jitter(cfg.retry_max_backoff))
+        self._disk_log = RateLimited(30.0)
+        self._stop = asyncio.Event()
         metrics.output_healthy.labels(self.name).set(1)
 
     # -- reading and dispatch --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch batches of every stream until ``stop``; the caller then calls ``drain``."""
+        self._stop = stop
         async with asyncio.TaskGroup() as group:
             for stream in self._streams:
                 group.create_task(self._dispatch_stream(stream, stop))
@@ -162,21 +180,34 @@ class Output:
         self, stream: _Stream, batch: _Batch, lines: list[bytes], priority: Priority
     ) -> None:
         began = time.perf_counter()
+        refused: list[tuple[bytes, Outcome]] = []
         try:
-            await self._deliver(lines, priority)
+            await self._deliver(lines, priority, refused)
         finally:
             stream.pending.release()
+        for line, outcome in refused:
+            await self._dead_letter(line, outcome)
         self.metrics.batch_seconds.labels(self.name).observe(time.perf_counter() - began)
         batch.done = True
         await self._advance(stream)
 
     async def _advance(self, stream: _Stream) -> None:
+        """Move the durable cursor over the finished prefix. A disk that refuses the write (full,
+        read-only) is retried: the cursor must never freeze while later batches succeed, or the
+        spool could free nothing. Once stopping, a cursor left behind only means a resend."""
         async with stream.cursor_lock:
             last: Position | None = None
             while stream.inflight and stream.inflight[0].done:
                 last = stream.inflight.popleft().end
-            if last is not None:
-                await self.spool.commit_cursor(self.name, stream.name, last)
+            while last is not None:
+                try:
+                    await self.spool.commit_cursor(self.name, stream.name, last)
+                    self.disk_problem = ""
+                    return
+                except sqlite3.Error as exc:
+                    self._disk_problem("cursor_write_failed", str(exc))
+                    if await self._stopped_within(DISK_RETRY):
+                        return
 
     async def drain(self, grace: float) -> int:
         """Let in-flight writes finish for up to ``grace`` seconds; cancel the rest (their lines
@@ -197,37 +228,84 @@ class Output:
 
     # -- delivery --------------------------------------------------------------------------------
 
-    async def _deliver(self, lines: list[bytes], priority: Priority) -> None:
-        """Deliver every line or dead-letter it; only returns once nothing is left to retry."""
-        outcome = await self._post_until_answer(lines, priority)
+    async def _deliver(
+        self,
+        lines: list[bytes],
+        priority: Priority,
+        refused: list[tuple[bytes, Outcome]],
+        whole: bool = True,
+    ) -> None:
+        """Deliver every line, or add it to ``refused`` (for dead letters, written once the good
+        lines are through); only returns once nothing is left to retry. ``whole``: a batch as
+        read, not a half of one (see ``_probe_ends``)."""
+        outcome, ends = await self._post_until_answer(lines, priority, whole)
         if outcome.action is Action.SUCCESS:
             self.metrics.lines_sent.labels(self.name).inc(len(lines))
             return
+        if ends is not None:
+            self.metrics.lines_sent.labels(self.name).inc(len(ends.accepted))
+            refused.extend(ends.refused)
+            lines = ends.rest
+            if not lines:
+                return
         # SPLIT or BISECT: halve until the offending lines stand alone.
         if len(lines) == 1:
-            await self._dead_letter(lines[0], outcome)
+            refused.append((lines[0], outcome))
             return
         mid = len(lines) // 2
-        await self._deliver(lines[:mid], priority)
-        await self._deliver(lines[mid:], priority)
+        await self._deliver(lines[:mid], priority, refused, whole=False)
+        await self._deliver(lines[mid:], priority, refused, whole=False)
 
-    async def _post_until_answer(self, lines: list[bytes], priority: Priority) -> Outcome:
+    async def _post_until_answer(
+        self, lines: list[bytes], priority: Priority, whole: bool
+    ) -> tuple[Outcome, _Ends | None]:
         """POST through the gate until the answer is final for these lines: success, split or
         bisect. Between attempts the batch waits at the gate, not on a timer of its own."""
         body = await encode_body(lines, self.cfg.gzip_level)
         while True:
             async with self._gate.turn(priority) as ticket:
-                outcome = await self.writer.post(body)
-                self.metrics.bytes_sent.labels(self.name).inc(len(body))
-                self.metrics.requests.labels(self.name, outcome.label).inc()
+                outcome = await self._post(body)
+                ends = None
+                if outcome.action is Action.BISECT and whole and len(lines) > 1:
+                    ends = await self._probe_ends(lines, outcome)
+                    if ends.request_level:
+                        outcome, ends = dataclasses.replace(outcome, action=Action.CONFIG), None
                 if outcome.action not in _RETRYABLE:
                     self._gate.passed()
                     self._set_healthy()
                     if outcome.action is Action.SUCCESS:
                         self.metrics.last_success.labels(self.name).set(time.time())
-                    return outcome
+                    return outcome, ends
                 wait = self._gate.failed(ticket, self._fixed_wait(outcome))
             self._retrying(outcome, wait)
+
+    async def _post(self, body: bytes) -> Outcome:
+        outcome = await self.writer.post(body)
+        self.metrics.bytes_sent.labels(self.name).inc(len(body))
+        self.metrics.requests.labels(self.name, outcome.label).inc()
+        return outcome
+
+    async def _probe_ends(self, lines: list[bytes], outcome: Outcome) -> _Ends:
+        """Is a 400/422 about the request rather than its lines? Then the first and the last
+        line, each sent alone, are refused with the very message of the whole batch (a missing
+        org, a proxy's page); a bad line is named in the message, or the other one passes.
+        Dead-lettering on such an answer would set aside the whole stream, batch after batch.
+        A probe's answer is final for its line, so no line is sent twice."""
+        ends = _Ends(rest=lines)
+        for line in (lines[0], lines[-1]):
+            alone = await self._post(await encode_body([line], self.cfg.gzip_level))
+            if alone.action is Action.SUCCESS:
+                ends.accepted.append(line)
+            elif alone.action in (Action.BISECT, Action.SPLIT):
+                ends.refused.append((line, alone))
+            else:
+                break  # a retryable answer says nothing: the bisection retries these lines
+        settled = len(ends.accepted) + len(ends.refused)
+        ends.rest = lines[1:-1] if settled == 2 else lines[settled:]
+        ends.request_level = len(ends.refused) == 2 and all(
+            refusal.message == outcome.message for _, refusal in ends.refused
+        )
+        return ends
 
     def _fixed_wait(self, outcome: Outcome) -> float | None:
         """The wait the config or the server dictates; None leaves it to the backoff."""
@@ -252,9 +330,14 @@ class Output:
             )
 
     def _set_unhealthy(self, outcome: Outcome) -> None:
-        problem = f"HTTP {outcome.status} from {self.writer.target.url}: check url, " + (
-            "token, org and bucket" if self.cfg.api == "v2" else "username, password, database"
-        )
+        check = "token, org and bucket" if self.cfg.api == "v2" else "username, password, database"
+        problem = f"HTTP {outcome.status} from {self.writer.target.url}: check url, {check}"
+        if outcome.status in (400, 422):
+            problem = (
+                f"HTTP {outcome.status} from {self.writer.target.url} for the whole request, "
+                f"every line alone too ({outcome.message[:200]}): check url, {check}, and any "
+                "proxy in between; nothing is set aside meanwhile"
+            )
         if self.healthy:
             log.error(
                 "output_config_error",
@@ -267,6 +350,26 @@ class Output:
         self.problem = problem
         self.metrics.output_healthy.labels(self.name).set(0)
 
+    def _disk_problem(self, event: str, error: str) -> None:
+        self.disk_problem = f"{event.replace('_', ' ')}: {error}"
+        suppressed = self._disk_log.allow(event)
+        if suppressed is not None:
+            log.error(
+                event,
+                output=self.name,
+                error=error,
+                retry_in=DISK_RETRY,
+                suppressed_since_last=suppressed,
+                note="nothing is lost; retrying",
+            )
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
     def _set_healthy(self) -> None:
         if not self.healthy:
             log.info("output_recovered", output=self.name)
@@ -275,9 +378,18 @@ class Output:
         self.metrics.output_healthy.labels(self.name).set(1)
 
     async def _dead_letter(self, line: bytes, outcome: Outcome) -> None:
+        """The batch is not done, so its cursor does not move, until the record is on disk."""
         text = line.decode(errors="replace")
         record = line_record(text, outcome.status or 0, outcome.message[:1000])
-        await asyncio.to_thread(self.dead_letters.write, [record])
+        while True:
+            try:
+                await asyncio.to_thread(self.dead_letters.write, [record])
+                break
+            except OSError as exc:
+                self.metrics.dead_letter_errors.labels(self.dead_letters.path.name).inc()
+                self._disk_problem("dead_letter_write_failed", str(exc))
+                await asyncio.sleep(DISK_RETRY)  # at stop, drain cancels it after the grace
+        self.disk_problem = ""
         self.metrics.dead_letters.labels(self.name).inc()
         self.metrics.dropped.labels("dead_letter").inc()
         log.error(

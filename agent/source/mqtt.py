@@ -114,6 +114,9 @@ class MqttSource:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = int(cfg.session_expiry)
             properties.ReceiveMaximum = cfg.receive_maximum
+            properties.MaximumPacketSize = min(
+                MQTT_MAX_PACKET, cfg.max_payload * PACKET_SIZE_FACTOR + 65_536
+            )
         return aiomqtt.Client(
             cfg.host,
             cfg.port,
