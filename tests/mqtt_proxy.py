@@ -19,7 +19,6 @@ import contextlib
 import socket
 import threading
 from collections import Counter
-from collections.abc import Callable
 
 LOOPBACK = "127.0.0.1"
 PUBACK = 4
@@ -55,7 +54,7 @@ def _packet_end(buffer: bytearray) -> int | None:
 
 class MqttProxy:
     """Listens on a free loopback port (``url``) and forwards to ``upstream_port``. Set
-    ``swallow`` to drop the client's PUBACKs and UNSUBSCRIBEs from then on; ``swallowed``
+    ``swallow`` to discard the client's PUBACKs and UNSUBSCRIBEs from then on; ``swallowed``
     counts them by packet type."""
 
     def __init__(self, upstream_port: int) -> None:
@@ -69,13 +68,14 @@ class MqttProxy:
         self._open: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
 
     @property
     def url(self) -> str:
         return f"mqtt://{LOOPBACK}:{self.port}"
 
     def start(self) -> None:
-        self._spawn(self._accept)
+        self._acceptor.start()
 
     def drop(self) -> None:
         """Cut every connection both ways; new ones are still accepted."""
@@ -86,13 +86,14 @@ class MqttProxy:
 
     def stop(self) -> None:
         self._stopping.set()
-        self.drop()
-        for thread in list(self._threads):
-            thread.join(10)
+        self._acceptor.join(10)
         self._listener.close()
+        self.drop()
+        for thread in self._threads:
+            thread.join(10)
 
-    def _spawn(self, target: Callable[..., None], *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
+    def _spawn(self, *args: object) -> None:
+        thread = threading.Thread(target=self._pump, args=args, daemon=True)
         self._threads.append(thread)
         thread.start()
 
@@ -112,8 +113,8 @@ class MqttProxy:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._open |= {client, upstream}
-            self._spawn(self._pump, client, upstream, True)
-            self._spawn(self._pump, upstream, client, False)
+            self._spawn(client, upstream, True)
+            self._spawn(upstream, client, False)
 
     def _pump(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
         buffer = bytearray()
