@@ -217,10 +217,10 @@ class MqttSource:
         for topic, payload, mid, qos, dup in batch:
             if qos:
                 d = digest(topic, payload)
+                new.append((mid, d))  # a redelivery too: it is acknowledged again
                 if self.guard.is_redelivery(mid, dup, d):
                     redelivered += 1
                     continue
-                new.append((mid, d))
             self.mapper.add(topic, payload, out)
         return out, new, redelivered
 

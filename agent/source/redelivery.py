@@ -5,7 +5,7 @@ restart) between the commit and the broker processing our PUBACK makes the broke
 on the next connection, with the same packet id and DUP set (mosquitto keeps both across its own
 restarts). Storing it again would give the reading a second receive timestamp: a duplicate
 point. So each commit also records (packet id, connection, digest of topic + payload) for the
-messages it holds.
+messages it acknowledges.
 
 A record is kept until it is proven settled at the broker. Having sent the PUBACK proves
 nothing (the broker may die before reading it), and neither does the broker's flow control
@@ -13,13 +13,22 @@ nothing (the broker may die before reading it), and neither does the broker's fl
 an UNSUBSCRIBE queued on the same connection after the PUBACKs. A broker reads a connection in
 order, so its UNSUBACK means it has processed every PUBACK before it.
 
+A redelivery that matches is acknowledged again, so it is recorded again, under the live
+connection and the commit that acknowledges it (replacing its old record): that PUBACK is as
+unproven as the first, so only a barrier of this connection may erase the record. The old
+record would not last: the purge (below) erases it at the connection's first new message, and
+a crash before the broker has read the new PUBACK would bring the message back once more with
+nothing to match it. Crash loops are exactly when that happens.
+
 Why a match can never swallow a new reading:
 - Only a message with DUP set is checked. Within one connection a broker never resends (MQTT
   3.1.1 and 5.0, §4.4), and a new message is sent with DUP clear.
 - The record must come from an earlier connection and carry the same topic and payload.
 - Records of earlier connections are purged at the first message of the new connection that is
   not a redelivery: brokers resend the unacknowledged messages first and in order, so no
-  redelivery can follow it.
+  redelivery can follow it. The redeliveries matched before it are recorded under the new
+  connection by then, so the purge spares them; when both fall in one commit, the spool purges
+  before it writes the commit's records.
 - Between two barriers, the broker cannot give a new message the packet id of a record that is
   still unsettled unless it has read our PUBACK for it. A new message under that id that is
   not committed before a crash, and is then redelivered with identical topic and payload, would

@@ -117,7 +117,7 @@ class Records:
 
     connection: int
     commit: int  # stamped on the new records: a barrier settles them by this number
-    new: Sequence[tuple[int, bytes]] = ()  # (packet id, digest) of the messages committed
+    new: Sequence[tuple[int, bytes]] = ()  # (packet id, digest) of the messages acknowledged
     settled_through: int | None = None  # erase the connection's records up to this commit
     purge_before: int | None = None  # erase every record of earlier connections
 
