@@ -80,9 +80,10 @@ listen = "127.0.0.1:{self.status_port}"
 """
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}  # extra environment, e.g. libfaketime's
 
     def start(self, wait_connected: bool = True) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent", "run", "--config", str(self.config)],
