@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,17 @@ listen = "127.0.0.1:{self.status_port}"
                 key, _, value = line.rpartition(" ")
                 out[key] = float(value)
         return out
+
+    def readyz(self) -> dict[str, Any]:
+        """/readyz's JSON, whether it says ready (200) or not (503)."""
+        url = f"http://127.0.0.1:{self.status_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as exc:
+            body = exc.read()
+        result: dict[str, Any] = json.loads(body)
+        return result
 
     def metric(self, prefix: str) -> float:
         return sum(v for k, v in self.metrics().items() if k.startswith(prefix))

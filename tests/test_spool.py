@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 from agent.spool.budget import Budget
-from agent.spool.store import Position, Records, Spool, WindowRows
+from agent.spool.store import (
+    RESERVE_BYTES,
+    Position,
+    Records,
+    Spool,
+    WindowRows,
+    _transaction,
+)
 
 BIG = Budget(max_size=1 << 30, max_age=86400, min_free_disk=0, when_full="drop_oldest")
 
@@ -178,4 +185,39 @@ async def test_a_spool_from_before_commit_numbers_opens_and_keeps_its_records(
     db.close()
     spool = await open_spool(tmp_path)
     assert await spool.load_unacked() == {9: (1, b"\xaa")}
+    await spool.close()
+
+
+def test_a_commit_that_fails_is_rolled_back_so_the_next_transaction_can_begin(
+    tmp_path: Path,
+) -> None:
+    """A failed COMMIT (here a deferred constraint; on a gateway a full disk as the WAL grows)
+    leaves SQLite's transaction open: without the rollback every later BEGIN failed for good."""
+    db = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("CREATE TABLE p (id INTEGER PRIMARY KEY)")
+    db.execute("CREATE TABLE c (p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)")
+    with pytest.raises(sqlite3.IntegrityError), _transaction(db):
+        db.execute("INSERT INTO c VALUES (7)")  # refused only at COMMIT
+    assert not db.in_transaction
+    with _transaction(db):
+        db.execute("INSERT INTO p VALUES (7)")
+    assert db.execute("SELECT count(*) FROM c").fetchone()[0] == 0
+
+
+async def test_a_spool_keeps_a_reserve_for_drains_and_spends_it_on_a_full_disk(
+    tmp_path: Path,
+) -> None:
+    spool = await open_spool(tmp_path)
+    reserve = tmp_path / "spool.db.reserve"
+    assert reserve.stat().st_size == RESERVE_BYTES
+    await spool.ingest("raw", lines("x", 10))
+    spool.db.execute(f"PRAGMA max_page_count={spool.db.execute('PRAGMA page_count').fetchone()[0]}")
+    full = await spool.ingest("raw", lines("y" * 5000, 100))  # needs new pages: none left
+    assert not full.committed and "full" in (full.blocked_reason or "")
+    assert reserve.exists()  # intake never spends it
+    spool._make_room(release_reserve=True)  # what a drain does when the disk is full
+    assert not reserve.exists()
+    spool._free_disk()  # room again (checked at every commit): the reserve comes back
+    assert reserve.stat().st_size == RESERVE_BYTES
     await spool.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +24,9 @@ from typing import Literal, TypeVar
 from agent.spool.budget import AgeClock, Budget, ChunkInfo, DropPlan, plan_drops
 
 T = TypeVar("T")
+# Disk the spool keeps aside for drains (see _drain_write): enough WAL for thousands of cursor
+# moves and deletions, small beside any sensible spool budget.
+RESERVE_BYTES = 2 * 1024 * 1024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -154,6 +158,7 @@ class Spool:
         self.drop_generation = 0
         self._listeners: list[asyncio.Event] = []
         self.age = AgeClock(0.0)
+        self._reserve = path.with_name(path.name + ".reserve")
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -184,6 +189,7 @@ class Spool:
         newest = db.execute("SELECT max(created) FROM chunks").fetchone()[0]
         self.age = AgeClock(float(newest or 0.0))
         self._reload_stats()
+        self._free_disk()
 
     async def close(self) -> None:
         def _close() -> None:
@@ -219,7 +225,7 @@ class Spool:
                     list(values.items()),
                 )
 
-        await self._run(_set)
+        await self._run(self._drain_write, _set)
 
     async def next_connection(self) -> int:
         """A durable counter of MQTT connections, so redeliveries can be told from new sends."""
@@ -304,7 +310,7 @@ class Spool:
             with _transaction(self.db):
                 self._advance_cursor(consumer, stream, pos)
 
-        await self._run(_commit)
+        await self._run(self._drain_write, _commit)
 
     def _advance_cursor(self, consumer: str, stream: str, pos: Position) -> None:
         self.db.execute(
@@ -411,6 +417,8 @@ class Spool:
                         (clock_floor,),
                     )
         except sqlite3.Error as exc:
+            if _is_full(exc):
+                self._make_room(release_reserve=False)
             self._reload_stats()
             return IngestResult(False, blocked_reason=f"disk_error: {exc}")
         for stream, body in bodies.items():
@@ -444,7 +452,7 @@ class Spool:
             if body.lines:
                 self._count_appended(target, body.lines, len(body.data), now)
 
-        await self._run(_move)
+        await self._run(self._drain_write, _move)
         if body.lines:
             self._notify()
 
@@ -495,9 +503,11 @@ class Spool:
 
     def _free_disk(self) -> int:
         try:
-            return shutil.disk_usage(self.path.parent).free
+            free = shutil.disk_usage(self.path.parent).free
         except OSError:
             return 0
+        self._keep_reserve(free)
+        return free
 
     def _drop_chunk(self, cid: int, reason: str) -> Drop:
         """Remove one chunk; count only the lines that some consumer had not yet passed."""
@@ -519,6 +529,43 @@ class Spool:
         if not known or len(known) < len(heads):
             return self._min_cursor.get(stream)
         return min(known)
+
+    # -- a full disk ---------------------------------------------------------------------------
+
+    def _drain_write(self, write: Callable[[], T]) -> T:
+        """A write that frees or hands on data (a cursor, a checkpoint, a move). On a full disk
+        it may spend the reserve: otherwise outputs that deliver could never advance their
+        cursors, the spool never free a page, and intake stay blocked until someone cleans up."""
+        try:
+            return write()
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise
+            self._make_room(release_reserve=True)
+            return write()
+
+    def _make_room(self, release_reserve: bool) -> None:
+        """Give back the WAL's disk space (all of it is in the database once checkpointed) and,
+        for a drain, the reserve file. Intake reuses the pages that drains free."""
+        if release_reserve:
+            self._reserve.unlink(missing_ok=True)
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            return
+
+    def _keep_reserve(self, free: int) -> None:
+        """(Re)create the reserve once the disk has room for it again."""
+        if free < 4 * RESERVE_BYTES or self._reserve.exists():
+            return
+        try:
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError:
+            self._reserve.unlink(missing_ok=True)
 
     def _reload_stats(self) -> None:
         self.stats = {}
@@ -580,7 +627,7 @@ class Spool:
             if lines:
                 self._count_appended(target, len(lines), len(body), now)
 
-        await self._run(_checkpoint)
+        await self._run(self._drain_write, _checkpoint)
         if lines:
             self._notify()
 
@@ -656,6 +703,10 @@ async def wait_for_data(event: asyncio.Event, stop: asyncio.Event, seconds: floa
         waiter.cancel()
         stopper.cancel()
     return bool(done)
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 class _transaction:
