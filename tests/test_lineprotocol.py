@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -113,10 +114,13 @@ def test_encode_line_escapes_everything() -> None:
         ("m", {}, {}, 0, "no fields"),
         ("m", {"": "v"}, {"f": 1.0}, 0, "empty tag key"),
         ("m", {}, {"": 1.0}, 0, "empty field key"),
-        ("m\n", {}, {"f": 1.0}, 0, "line break"),
-        ("m", {"k\r": "v"}, {"f": 1.0}, 0, "line break"),
-        ("m", {"k": "v\n"}, {"f": 1.0}, 0, "line break"),
-        ("m", {}, {"f\n": 1.0}, 0, "line break"),
+        ("m\n", {}, {"f": 1.0}, 0, "control character"),
+        ("m", {"k\r": "v"}, {"f": 1.0}, 0, "control character"),
+        ("m", {"k": "v\n"}, {"f": 1.0}, 0, "control character"),
+        ("m", {}, {"f\n": 1.0}, 0, "control character"),
+        ("m\x00", {}, {"f": 1.0}, 0, "control character"),
+        ("m", {"k": "a\tb"}, {"f": 1.0}, 0, "control character"),
+        ("m", {}, {"f\x7f": 1.0}, 0, "control character"),
         ("m", {}, {"f": "a\nb"}, 0, "line break"),
         ("m", {}, {"f": math.nan}, 0, "not finite"),
         ("m", {}, {"f": 1.0}, 2**63, "int64"),
@@ -259,9 +263,9 @@ def test_parse_lines_reports_the_line_number() -> None:
 # --- properties -------------------------------------------------------------------------------
 
 # Text that stresses escaping: plenty of separators, backslashes and quotes, plus any character
-# except the line breaks that line protocol cannot carry.
-_tricky = st.text(st.sampled_from(list('ab\\ ,="#\t')), min_size=1, max_size=12)
-_anything = st.text(st.characters(exclude_characters="\n\r"), min_size=1, max_size=20)
+# except the control characters that names may not hold (check_name).
+_tricky = st.text(st.sampled_from(list('ab\\ ,="#')), min_size=1, max_size=12)
+_anything = st.text(st.characters(blacklist_categories=["Cc", "Cs"]), min_size=1, max_size=20)
 names = st.one_of(_tricky, _anything)
 measurements = names.filter(lambda name: not name.startswith("#"))
 field_values = st.one_of(
@@ -306,3 +310,22 @@ def test_untrusted_text_never_injects(segment: str) -> None:
     assert parsed.tags == {"site": "a", "sensor": segment, "zone": "z"}
     assert set(parsed.fields) == {"value", segment}
     assert parsed.fields[segment] == segment
+
+
+@settings(max_examples=200)
+@given(
+    name=st.text(min_size=1, max_size=10),
+    control=st.characters(min_codepoint=0, max_codepoint=0x1F) | st.just("\x7f"),
+    where=st.sampled_from(["measurement", "tag key", "tag value", "field key"]),
+)
+def test_a_control_character_in_any_name_is_refused(name: str, control: str, where: str) -> None:
+    bad = name[:3] + control + name[3:]
+    parts: dict[str, Any] = {
+        "measurement": ("m" + bad, {}, {"f": 1.0}),
+        "tag key": ("m", {bad: "v"}, {"f": 1.0}),
+        "tag value": ("m", {"k": bad}, {"f": 1.0}),
+        "field key": ("m", {}, {bad: 1.0}),
+    }
+    measurement, tags, fields = parts[where]
+    with pytest.raises(LineProtocolError, match="control character"):
+        encode_line(measurement, tags, fields, 0)

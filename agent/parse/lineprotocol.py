@@ -37,6 +37,7 @@ _KEY_BACKSLASH = re.compile(r"\\(?=[\\,= ]|\Z)")
 _MEASUREMENT_STOP = re.compile(r"[\\, ]")
 _KEY_STOP = re.compile(r"[\\,= ]")
 _STRING_STOP = re.compile(r'[\\"]')
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _VALUE_END = re.compile(r"[, ]")
 _MEASUREMENT_ESCAPABLE = "\\, "
 _KEY_ESCAPABLE = "\\,= "
@@ -58,6 +59,15 @@ _BOOLS = {
     "False": False,
     "FALSE": False,
 }
+
+
+def check_name(name: str, what: str) -> None:
+    """Names (measurement, tag keys and values, field keys) are identifiers in every query
+    language and dashboard downstream: an ASCII control character in one is always garbage (and
+    a line break would end the line). String field values may hold anything but a line break."""
+    found = _CONTROL.search(name)
+    if found is not None:
+        raise LineProtocolError(f"control character {found.group()!r} in {what} {name!r}")
 
 
 def escape_measurement(name: str) -> str:
@@ -109,8 +119,9 @@ def encode_head(measurement: str, tags: Mapping[str, str]) -> str:
         if value:
             parts.append(f"{escape_key(key)}={escape_key(value)}")
     head = ",".join(parts)
-    if "\n" in head or "\r" in head:
-        raise LineProtocolError("line break in the measurement or a tag")
+    found = _CONTROL.search(head)
+    if found is not None:
+        raise LineProtocolError(f"control character {found.group()!r} in the measurement or a tag")
     return head
 
 
@@ -130,11 +141,9 @@ def encode_line(
     for key, value in fields.items():
         if not key:
             raise LineProtocolError("empty field key")
+        check_name(key, "field key")
         parts.append(f"{escape_key(key)}={format_field(value)}")
-    body = ",".join(parts)
-    if "\n" in body or "\r" in body:
-        raise LineProtocolError("line break in a field key")
-    return f"{head} {body} {ts_ns}"
+    return f"{head} {','.join(parts)} {ts_ns}"
 
 
 @dataclass(frozen=True, slots=True)

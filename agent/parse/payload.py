@@ -19,6 +19,7 @@ from agent.parse.clock import IngestClock, TimestampRejected, parse_timestamp
 from agent.parse.lineprotocol import (
     FieldValue,
     LineProtocolError,
+    check_name,
     encode_head,
     encode_line,
     escape_key,
@@ -80,8 +81,10 @@ def _fail(reason: str, message: str) -> NoReturn:
 def _field_key(name: str) -> str:
     if not name:
         _fail("unrepresentable", "empty field key")
-    if "\n" in name or "\r" in name:
-        _fail("unrepresentable", f"line break in field key {name!r}")
+    try:
+        check_name(name, "field key")
+    except LineProtocolError as exc:
+        raise PayloadError("unrepresentable", str(exc)) from None
     return escape_key(name)
 
 
