@@ -332,7 +332,10 @@ class Output:
     def _set_unhealthy(self, outcome: Outcome) -> None:
         check = "token, org and bucket" if self.cfg.api == "v2" else "username, password, database"
         problem = f"HTTP {outcome.status} from {self.writer.target.url}: check url, {check}"
-        if outcome.status in (400, 422):
+        answer = {"server_said": outcome.message[:300]}
+        if outcome.status is None:  # no HTTP answer: the TLS handshake failed, and says why
+            problem, answer = outcome.message, {}
+        elif outcome.status in (400, 422):
             problem = (
                 f"HTTP {outcome.status} from {self.writer.target.url} for the whole request, "
                 f"every line alone too ({outcome.message[:200]}): check url, {check}, and any "
@@ -343,7 +346,7 @@ class Output:
                 "output_config_error",
                 output=self.name,
                 problem=problem,
-                server_said=outcome.message[:300],
+                **answer,
                 note="nothing is dropped; retrying slowly",
             )
         self.healthy = False
