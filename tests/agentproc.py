@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,15 @@ listen = "127.0.0.1:{self.status_port}"
                 key, _, value = line.rpartition(" ")
                 out[key] = float(value)
         return out
+
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        """/readyz's status code and JSON body (503 answers too)."""
+        url = f"http://127.0.0.1:{self.status_port}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as answer:
+            return answer.code, json.loads(answer.read())
 
     def metric(self, prefix: str) -> float:
         return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
