@@ -103,3 +103,23 @@ def test_untrusted_certificate_is_reported_and_nothing_is_lost(
     assert_each_reading_once(https_influxdb)
     assert fixed.readyz() == (200, {"ready": True, "problems": {}})
     assert fixed.stop() == 0
+
+
+def test_plain_http_to_the_https_port_sets_nothing_aside(
+    mosquitto: Mosquitto, https_influxdb: InfluxDB1, make_agent: AgentFactory
+) -> None:
+    plain = https_influxdb.url.replace("https://", "http://")
+    agent = make_agent(
+        mosquitto.url, output_toml("cloud", plain, "v1", flush_interval="0.1s", batch_size=8)
+    )
+    agent.start()
+    publish(mosquitto.url, 20)
+    wait_until(
+        lambda: agent.metric('edge_output_requests_total{outcome="400",output="cloud"}') >= 1,
+        "the server's answer",
+        agent,
+    )
+    status, body = agent.readyz()
+    assert status == 503 and body["problems"]["output:cloud"].startswith("HTTP 400 from http")
+    assert agent.metric("edge_output_dead_letters_total") == 0
+    assert agent.stop() == 0
