@@ -185,7 +185,7 @@ class Agent:
             self.trust,
             self.spool,
             self.metrics,
-            [(o.name, o.writer.server_time) for o in self.outputs],
+            [(o.name, o.server_time) for o in self.outputs],
             lambda: self.source.kick() if self.source is not None else None,
         )
         await clock_watch.start()

@@ -103,6 +103,8 @@ class Writer:
                 url, timeout=aiohttp.ClientTimeout(total=5), ssl=self.ssl, allow_redirects=False
             ) as response:
                 date = response.headers.get("Date")
+        except aiohttp.ClientSSLError:
+            raise  # a configuration problem the output reports: see Output.server_time
         except (aiohttp.ClientError, OSError, TimeoutError):
             return None
         if date is None:

@@ -16,13 +16,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import aiohttp
 import structlog
 
 from agent.config import OutputSection
 from agent.deadletter import DeadLetters, line_record
-from agent.forward.classify import Action, Outcome
+from agent.forward.classify import Action, Outcome, tls_failure
 from agent.forward.gate import Gate, Priority, full_jitter
-from agent.forward.http import Writer, encode_body
+from agent.forward.http import Writer, encode_body, tls_problem
 from agent.logs import RateLimited
 from agent.spool.store import Position, Spool, wait_for_data
 from agent.status.metrics import Metrics
@@ -372,6 +373,15 @@ class Output:
         except TimeoutError:
             return False
         return True
+
+    async def server_time(self) -> float | None:
+        """The server's clock, for the clock watch. Until it confirms the wall clock, readings
+        are held and no write reaches this output, so a failed TLS handshake is reported here."""
+        try:
+            return await self.writer.server_time()
+        except aiohttp.ClientSSLError as exc:
+            self._set_unhealthy(tls_failure(tls_problem(exc)))
+            return None
 
     def _set_healthy(self) -> None:
         if not self.healthy:
