@@ -63,15 +63,3 @@ def test_no_answer_is_retried() -> None:
 def test_a_failed_tls_handshake_is_a_configuration_problem() -> None:
     outcome = tls_failure("TLS certificate of h:1 not trusted")
     assert (outcome.action, outcome.label, outcome.status) == (Action.CONFIG, "tls_error", None)
-
-
-@pytest.mark.parametrize(
-    "said",
-    [
-        "Client sent an HTTP request to an HTTPS server.\n",
-        "<html><center>The plain HTTP request was sent to HTTPS port</center></html>",
-    ],
-)
-def test_plain_http_to_an_https_port_is_a_configuration_problem(said: str) -> None:
-    assert classify(400, {}, NOW, 300, said).action is Action.CONFIG
-    assert classify(400, {}, NOW, 300, "unable to parse 'm value=x'").action is Action.BISECT

@@ -42,11 +42,6 @@ _BY_STATUS = {
 }
 
 
-# What servers answer to plain HTTP on an https port (Go's net/http: InfluxDB, VictoriaMetrics;
-# nginx). Bisecting such a 400 would set every line aside as a bad line.
-_HTTP_TO_HTTPS = ("Client sent an HTTP request to an HTTPS server", "plain HTTP request was sent")
-
-
 def parse_retry_after(value: str | None, now: float, cap: float) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), within [0, cap]."""
     if not value:
@@ -70,8 +65,6 @@ def classify(
 ) -> Outcome:
     if 200 <= status < 300:
         action = Action.SUCCESS
-    elif status == 400 and any(text in message for text in _HTTP_TO_HTTPS):
-        action = Action.CONFIG
     elif status in _BY_STATUS:
         action = _BY_STATUS[status]
     elif status >= 500:
