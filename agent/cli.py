@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from agent import logs
 from agent.config import Config, ConfigError, load_config
+from agent.redact import Redactor
 
 DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
 
@@ -50,7 +51,7 @@ def build_parser(tools: bool = True) -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    logs.setup(cfg.agent.log_format, cfg.agent.log_level)
+    logs.setup(cfg.agent.log_format, cfg.agent.log_level, Redactor(cfg.secrets()))
     with _without_ca_bundle(cfg):
         from agent import daemon
     try:
@@ -63,9 +64,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _without_ca_bundle(cfg: Config) -> Iterator[None]:
     """aiohttp builds a verifying SSL context as it is imported, which parses the system's whole
-    CA bundle: 2 MB of RSS. Only an https output can use that context (MQTT over TLS builds its
-    own), so without one OpenSSL is pointed at an empty bundle while aiohttp is imported."""
-    if any(urlsplit(o.url).scheme == "https" for o in cfg.outputs):
+    CA bundle: 2 MB of RSS. Only an https output that trusts the system's CAs uses that context
+    (one with ``tls_ca_file`` or ``tls_insecure`` builds its own, and so does MQTT over TLS), so
+    without one OpenSSL is pointed at an empty bundle while aiohttp is imported."""
+    if any(
+        urlsplit(o.url).scheme == "https" and not (o.tls_ca_file or o.tls_insecure)
+        for o in cfg.outputs
+    ):
         yield
         return
     saved = os.environ.get("SSL_CERT_FILE")

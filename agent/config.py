@@ -8,6 +8,7 @@ form, read once at load, so tokens never have to sit in the TOML or the unit fil
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import tomllib
@@ -25,6 +26,7 @@ from pydantic_settings import (
 )
 
 from agent.parse.topic import TopicTemplate
+from agent.redact import mask_url
 from agent.units import ByteSize, Duration
 
 ENV_PREFIX = "EDGE_"
@@ -48,6 +50,19 @@ def _read_secret(path: Path | None, value: SecretStr | None, key: str) -> Secret
         return SecretStr(Path(path).read_text(encoding="utf-8").strip())
     except OSError as exc:
         raise ValueError(f"cannot read {key}_file {str(path)!r}: {exc.strerror}") from exc
+
+
+def _check_url(url: str, schemes: tuple[str, ...], example: str, credentials: str) -> None:
+    """URLs are quoted in logs, /readyz and error messages, so credentials are refused in them
+    rather than masked wherever a URL might surface; ``credentials`` names the keys to use."""
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise ValueError(
+            f"url {mask_url(url)!r} carries credentials (user:password@): they do not belong "
+            f"in a URL, which is shown in logs and status. Set {credentials} instead"
+        )
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"url {mask_url(url)!r} must look like {example}")
 
 
 class AgentSection(_Model):
@@ -113,11 +128,12 @@ class MQTTSection(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> MQTTSection:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(
-                f"url {self.url!r} must look like mqtt://host:1883 or mqtts://host:8883"
-            )
+        _check_url(
+            self.url,
+            ("mqtt", "mqtts"),
+            "mqtt://host:1883 or mqtts://host:8883",
+            "username and password_file",
+        )
         object.__setattr__(
             self, "password", _read_secret(self.password_file, self.password, "password")
         )
@@ -167,9 +183,8 @@ class OutputSection(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> OutputSection:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url {self.url!r} must look like http://host:8086")
+        credentials = "token_file" if self.api == "v2" else "username and password_file"
+        _check_url(self.url, ("http", "https"), "http://host:8086", credentials)
         object.__setattr__(self, "token", _read_secret(self.token_file, self.token, "token"))
         object.__setattr__(
             self, "password", _read_secret(self.password_file, self.password, "password")
@@ -313,6 +328,18 @@ class Config(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (_SectionEnv(settings_cls), init_settings)
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for the Redactor of logs and /readyz; a v1 output's
+        also as the Basic credentials it sends, which a server may quote back."""
+        found = [self.mqtt.password] + [s for o in self.outputs for s in (o.token, o.password)]
+        values = [s.get_secret_value() for s in found if s is not None]
+        for o in self.outputs:
+            if o.api == "v1" and o.username:
+                password = o.password.get_secret_value() if o.password else ""
+                basic = f"{o.username}:{password}".encode("latin-1", "replace")  # as aiohttp
+                values.append(base64.b64encode(basic).decode())
+        return values
 
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data, secrets shown as '********'."""

@@ -8,6 +8,7 @@ import fcntl
 import gc
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 from typing import IO
@@ -28,6 +29,7 @@ from agent.forward.output import Output
 from agent.parse.clock import IngestClock
 from agent.parse.payload import MappingRules
 from agent.parse.topic import TopicTemplate
+from agent.redact import Redactor
 from agent.source.mapping import Mapper, Route
 from agent.source.mqtt import MqttSource
 from agent.source.redelivery import RedeliveryGuard
@@ -39,15 +41,40 @@ from agent.status.metrics import Metrics
 log = structlog.get_logger("edge_agent")
 
 STATS_INTERVAL = 2.0
+# The spool and the dead letters hold the plant's readings and raw payloads: the agent's user only.
+PRIVATE_UMASK = 0o077
 
 
 class DataDirLocked(Exception):
     pass
 
 
+def make_private(data_dir: Path) -> None:
+    """Create the data dir as 0700, and take group and other access away from it and from
+    everything in it that an older version or a looser umask left readable. Symbolic links
+    inside are left alone: chmod would change what they point to."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(str(data_dir), os.stat(data_dir).st_mode, 0o700)
+    for root, dirs, files in os.walk(data_dir):
+        for names, mode in ((dirs, 0o700), (files, 0o600)):
+            for name in names:
+                path = os.path.join(root, name)
+                st_mode = os.lstat(path).st_mode
+                if not stat.S_ISLNK(st_mode):
+                    _tighten(path, st_mode, mode)
+
+
+def _tighten(path: str, st_mode: int, mode: int) -> None:
+    if not st_mode & 0o077:
+        return
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:
+        log.warning("data_dir_not_private", path=path, error=exc.strerror)
+
+
 def lock_data_dir(data_dir: Path) -> IO[str]:
     """Two agents on one spool would acknowledge each other's messages: refuse the second."""
-    data_dir.mkdir(parents=True, exist_ok=True)
     handle = (data_dir / "agent.lock").open("w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -103,6 +130,7 @@ class Agent:
         self.trust = ClockTrust(cfg.clock.trust, cfg.clock.max_skew, kernel.boot_id())
         self.stop = asyncio.Event()
         self.failed = False
+        self.redactor = Redactor(cfg.secrets())
 
     def problems(self) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -157,7 +185,7 @@ class Agent:
             self.trust,
             self.spool,
             self.metrics,
-            [(o.name, o.writer.server_time) for o in self.outputs],
+            [(o.name, o.server_time) for o in self.outputs],
             lambda: self.source.kick() if self.source is not None else None,
         )
         await clock_watch.start()
@@ -174,7 +202,8 @@ class Agent:
         status = None
         if cfg.status.enabled:
             host, port = cfg.status.host_port
-            status = server.StatusServer(server.build_app(self.metrics, self.problems), host, port)
+            app = server.build_app(self.metrics, self.problems, self.redactor)
+            status = server.StatusServer(app, host, port)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -256,6 +285,8 @@ class Agent:
 
 
 async def run(cfg: Config) -> int:
+    os.umask(PRIVATE_UMASK)
+    make_private(cfg.agent.data_dir)
     handle = lock_data_dir(cfg.agent.data_dir)
     try:
         return await Agent(cfg).run()

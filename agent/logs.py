@@ -9,8 +9,11 @@ from typing import Any
 
 import structlog
 
+from agent.redact import RedactingFormatter, Redactor
 
-def setup(fmt: str = "auto", level: str = "info") -> None:
+
+def setup(fmt: str, level: str, redactor: Redactor) -> None:
+    """``redactor`` masks the configured secrets in every event and in library log records."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: Any = (
@@ -22,13 +25,16 @@ def setup(fmt: str = "auto", level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redactor,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter(redactor, logging.BASIC_FORMAT))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 class RateLimited:

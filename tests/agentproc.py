@@ -134,16 +134,14 @@ listen = "127.0.0.1:{self.status_port}"
                 out[key] = float(value)
         return out
 
-    def readyz(self) -> dict[str, Any]:
-        """/readyz's JSON, whether it says ready (200) or not (503)."""
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        """/readyz's status code and JSON body (503 answers too)."""
         url = f"http://127.0.0.1:{self.status_port}/readyz"
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-        result: dict[str, Any] = json.loads(body)
-        return result
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as answer:
+            return answer.code, json.loads(answer.read())
 
     def metric(self, prefix: str) -> float:
         return sum(v for k, v in self.metrics().items() if k.startswith(prefix))

@@ -4,7 +4,8 @@ Real InfluxDB and VictoriaMetrics are what tests write to. This double exists on
 they cannot be made to give on demand: 429/503 with Retry-After, a 413 at a chosen size, a 400
 for one poisoned line that rejects the whole batch (InfluxDB 1.6 stores the good lines of such
 a batch; VictoriaMetrics answers 204 and drops bad lines silently), and token auth (neither
-Debian server checks `Authorization: Token`).
+Debian server checks `Authorization: Token`), optionally with a 401 that quotes the credentials
+it was sent, as some proxies do.
 
 It runs in a background thread with its own event loop, so the agent under test can be a
 subprocess or live in the test's own loop. Answer order for POST /write and /api/v2/write:
@@ -57,6 +58,7 @@ class FaultServer:
         max_body_bytes: int | None = None,
         bad_marker: str | None = None,
         auth_token: str | None = None,
+        echo_auth: bool = False,
         outage: int | None = None,
         hold: float = 0.0,
         port: int = 0,
@@ -65,6 +67,7 @@ class FaultServer:
         self.max_body_bytes = max_body_bytes
         self.bad_marker = bad_marker
         self.auth_token = auth_token
+        self.echo_auth = echo_auth  # the 401 quotes the Authorization header it got
         self.outage = outage  # a status for every write: a server that is up but failing
         self.hold = hold  # seconds each write waits before it is answered
         self.port = port
@@ -227,7 +230,10 @@ class FaultServer:
             self.auth_token is not None
             and request.headers.get("Authorization") != f"Token {self.auth_token}"
         ):
-            resp = _answer(401, "unauthorized access")
+            got = request.headers.get("Authorization", "")
+            resp = _answer(
+                401, f"unauthorized access: {got!r}" if self.echo_auth else "unauthorized access"
+            )
         elif decode_error is not None:
             resp = _answer(400, decode_error)
         elif self.max_body_bytes is not None and len(body) > self.max_body_bytes:

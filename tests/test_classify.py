@@ -4,7 +4,7 @@ import email.utils
 
 import pytest
 
-from agent.forward.classify import Action, classify, failure, parse_retry_after
+from agent.forward.classify import Action, classify, failure, parse_retry_after, tls_failure
 
 NOW = 1_800_000_000.0
 
@@ -58,3 +58,8 @@ def test_retry_after_junk_is_safe(junk: str) -> None:
 
 def test_no_answer_is_retried() -> None:
     assert failure("timeout", "x").action is Action.RETRY
+
+
+def test_a_failed_tls_handshake_is_a_configuration_problem() -> None:
+    outcome = tls_failure("TLS certificate of h:1 not trusted")
+    assert (outcome.action, outcome.label, outcome.status) == (Action.CONFIG, "tls_error", None)

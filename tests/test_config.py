@@ -165,3 +165,43 @@ def test_aggregations_need_an_output_for_them_and_the_other_way_round(config: Pa
     config.write_text(base.replace('org = "acme"', 'org = "acme"\nstreams = ["aggregates"]'))
     with pytest.raises(ConfigError, match=r"no \[\[aggregations\]\]"):
         load_config(config)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fields"),
+    [
+        ("mqtt://127.0.0.1", "mqtt://edge:Kx7-pl4nted@127.0.0.1", "username and password_file"),
+        ("http://127.0.0.1", "https://admin:Kx7-pl4nted@127.0.0.1", "token_file"),
+        ("http://127.0.0.1", "htps://admin:Kx7-pl4nted@127.0.0.1", "token_file"),
+    ],
+)
+def test_credentials_in_a_url_are_refused_without_showing_them(
+    config: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, fields: str
+) -> None:
+    config.write_text(config.read_text().replace(old, new))
+    assert main(["check-config", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "carries credentials" in err and fields in err
+    assert "Kx7-pl4nted" not in err and "********@127.0.0.1" in err
+
+
+def test_credentials_in_an_env_url_are_refused(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGE_OUTPUTS__CLOUD__URL", '"http://admin:Kx7-pl4nted@127.0.0.1:8086"')
+    with pytest.raises(ConfigError, match=r"outputs\.0: url 'http://\*{8}@127\.0\.0\.1:8086'"):
+        load_config(config)
+
+
+def test_secrets_lists_every_configured_secret(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config.write_text(
+        config.read_text()
+        + '[[outputs]]\nname = "v1"\nurl = "http://127.0.0.1:8087"\napi = "v1"\n'
+        + 'database = "plants"\nusername = "admin"\npassword = "v1-pass"\n'
+    )
+    monkeypatch.setenv("EDGE_MQTT__PASSWORD", "mqtt-pass")
+    cfg = load_config(config)
+    # The last one is "admin:v1-pass" as HTTP Basic credentials.
+    assert cfg.secrets() == ["mqtt-pass", "s3cret-token", "v1-pass", "YWRtaW46djEtcGFzcw=="]

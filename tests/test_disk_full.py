@@ -86,7 +86,7 @@ def test_a_full_disk_pauses_intake_keeps_draining_and_resumes_exactly(
         time.sleep(3)
         assert agent.metric("edge_intake_blocked") == 1, "intake must stay paused"
         assert agent.metric("edge_readings_committed_total") == stuck, "nothing is committed"
-        assert "spool" in agent.readyz()["problems"]
+        assert "spool" in agent.readyz()[1]["problems"]
         assert agent.proc is not None and agent.proc.poll() is None
         influxdb.start()  # the outputs drain from a disk that is still full
         wait_until(lambda: agent.metric("edge_intake_blocked") == 0, 60, "intake resumed", agent)

@@ -14,13 +14,13 @@ class Action(Enum):
     THROTTLE = "throttle"  # the server asked us to slow down: honour Retry-After
     SPLIT = "split"  # body too large: halve; a single line too large is a dead letter
     BISECT = "bisect"  # some line is bad: halve until the bad lines are alone
-    CONFIG = "config"  # credentials, bucket or URL wrong: keep everything, retry slowly
+    CONFIG = "config"  # credentials, bucket, URL or TLS trust wrong: keep everything, retry slowly
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     action: Action
-    label: str  # metric label: the status code, "timeout" or "connection_error"
+    label: str  # metric label: the status code, "timeout", "connection_error" or "tls_error"
     status: int | None = None
     retry_after: float | None = None
     message: str = ""
@@ -82,3 +82,9 @@ def classify(
 def failure(label: str, message: str) -> Outcome:
     """A request that got no HTTP answer (timeout, refused, reset): always retried."""
     return Outcome(Action.RETRY, label, None, None, message)
+
+
+def tls_failure(message: str) -> Outcome:
+    """The TLS handshake failed: a certificate the agent does not trust, or https to a port that
+    does not serve it. Retrying soon cannot help: a person must fix the trust or the URL."""
+    return Outcome(Action.CONFIG, "tls_error", None, None, message)

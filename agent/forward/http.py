@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from agent.config import OutputSection
-from agent.forward.classify import Outcome, classify, failure
+from agent.forward.classify import Outcome, classify, failure, tls_failure
 
 GZIP_OFF_LOOP = 128 * 1024
 # One compression thread for all outputs: each extra thread costs its own malloc arena.
@@ -72,6 +72,20 @@ async def encode_body(lines: list[bytes], level: int) -> bytes:
     return gzip.compress(body, level, mtime=0)
 
 
+def tls_problem(exc: aiohttp.ClientSSLError) -> str:
+    """What an operator must fix, worded from the handshake's error."""
+    server = f"{exc.host}:{exc.port}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        error = exc.certificate_error
+        why = getattr(error, "verify_message", None) or error
+        return (
+            f"TLS certificate of {server} not trusted ({why}): set tls_ca_file to the CA that "
+            "signed it, or check the host name in url"
+        )
+    reason = getattr(exc.os_error, "reason", None) or exc.os_error
+    return f"TLS handshake with {server} failed ({reason}): check that url's port serves https"
+
+
 class Writer:
     def __init__(self, cfg: OutputSection, session: aiohttp.ClientSession) -> None:
         self.cfg = cfg
@@ -89,6 +103,8 @@ class Writer:
                 url, timeout=aiohttp.ClientTimeout(total=5), ssl=self.ssl, allow_redirects=False
             ) as response:
                 date = response.headers.get("Date")
+        except aiohttp.ClientSSLError:
+            raise  # a configuration problem the output reports: see Output.server_time
         except (aiohttp.ClientError, OSError, TimeoutError):
             return None
         if date is None:
@@ -123,5 +139,7 @@ class Writer:
                 )
         except TimeoutError:
             return failure("timeout", f"no answer within {self.cfg.timeout:g}s")
+        except aiohttp.ClientSSLError as exc:
+            return tls_failure(tls_problem(exc))
         except (aiohttp.ClientError, OSError) as exc:
             return failure("connection_error", f"{type(exc).__name__}: {exc}")

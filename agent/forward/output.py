@@ -16,13 +16,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+import aiohttp
 import structlog
 
 from agent.config import OutputSection
 from agent.deadletter import DeadLetters, line_record
-from agent.forward.classify import Action, Outcome
+from agent.forward.classify import Action, Outcome, tls_failure
 from agent.forward.gate import Gate, Priority, full_jitter
-from agent.forward.http import Writer, encode_body
+from agent.forward.http import Writer, encode_body, tls_problem
 from agent.logs import RateLimited
 from agent.spool.store import Position, Spool, wait_for_data
 from agent.status.metrics import Metrics
@@ -332,7 +333,10 @@ class Output:
     def _set_unhealthy(self, outcome: Outcome) -> None:
         check = "token, org and bucket" if self.cfg.api == "v2" else "username, password, database"
         problem = f"HTTP {outcome.status} from {self.writer.target.url}: check url, {check}"
-        if outcome.status in (400, 422):
+        answer = {"server_said": outcome.message[:300]}
+        if outcome.status is None:  # no HTTP answer: the TLS handshake failed, and says why
+            problem, answer = outcome.message, {}
+        elif outcome.status in (400, 422):
             problem = (
                 f"HTTP {outcome.status} from {self.writer.target.url} for the whole request, "
                 f"every line alone too ({outcome.message[:200]}): check url, {check}, and any "
@@ -343,7 +347,7 @@ class Output:
                 "output_config_error",
                 output=self.name,
                 problem=problem,
-                server_said=outcome.message[:300],
+                **answer,
                 note="nothing is dropped; retrying slowly",
             )
         self.healthy = False
@@ -369,6 +373,15 @@ class Output:
         except TimeoutError:
             return False
         return True
+
+    async def server_time(self) -> float | None:
+        """The server's clock, for the clock watch. Until it confirms the wall clock, readings
+        are held and no write reaches this output, so a failed TLS handshake is reported here."""
+        try:
+            return await self.writer.server_time()
+        except aiohttp.ClientSSLError as exc:
+            self._set_unhealthy(tls_failure(tls_problem(exc)))
+            return None
 
     def _set_healthy(self) -> None:
         if not self.healthy:

@@ -113,7 +113,7 @@ class Metrics:
         )
         self.requests = Counter(
             "edge_output_requests",
-            "HTTP write requests by outcome (status code, or timeout / connection_error)",
+            "HTTP write requests by outcome (status code, timeout, connection_error, tls_error)",
             ["output", "outcome"],
             registry=r,
         )

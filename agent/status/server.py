@@ -16,6 +16,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
+from agent.redact import Redactor
 from agent.status.metrics import Metrics
 
 Checks = Callable[[], dict[str, str]]
@@ -23,8 +24,10 @@ StartResponse = Callable[..., Any]
 App = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-def build_app(metrics: Metrics, problems: Checks) -> App:
-    """``problems`` returns what keeps the agent from being ready, by component ({} = ready)."""
+def build_app(metrics: Metrics, problems: Checks, redactor: Redactor) -> App:
+    """``problems`` returns what keeps the agent from being ready, by component ({} = ready).
+    ``redactor`` masks the configured secrets in them: a problem may quote a server or a
+    library, and /readyz is often open to more people than the config is."""
     metrics_app = make_wsgi_app(metrics.registry)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -36,7 +39,7 @@ def build_app(metrics: Metrics, problems: Checks) -> App:
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
         if path == "/readyz":
-            found = problems()
+            found = redactor.value(problems())
             body = json.dumps({"ready": not found, "problems": found}, indent=1) + "\n"
             status = "200 OK" if not found else "503 Service Unavailable"
             start_response(status, [("Content-Type", "application/json")])

@@ -18,6 +18,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -26,6 +27,7 @@ import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -83,11 +85,22 @@ def _stop_leftovers() -> None:
             server.kill()
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """A server's certificate and key, and the CA that signed them, which the helpers here
+    trust when they talk to the server."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
 class Server:
     """A child process we own: started on a fixed port, stopped only by its PID."""
 
     binary: ClassVar[str]
     name: ClassVar[str]
+    tls: TLSFiles | None = None
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
@@ -219,13 +232,17 @@ class Server:
         headers: dict[str, str] | None = None,
         timeout: float = HTTP_TIMEOUT,
     ) -> tuple[int, bytes]:
-        """One HTTP call to this server; error statuses are returned, not raised."""
-        url = f"http://{LOOPBACK}:{self.port}{path}"
+        """One HTTP call to this server (https, verified, when it serves TLS); error statuses
+        are returned, not raised."""
+        scheme, context = "http", None
+        if self.tls is not None:
+            scheme, context = "https", ssl.create_default_context(cafile=str(self.tls.ca))
+        url = f"{scheme}://{LOOPBACK}:{self.port}{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
         req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
@@ -338,25 +355,38 @@ class InfluxDB1(Server):
     A 204 from /write means the points are in the WAL (fsynced: wal-fsync-delay 0s) and at once
     queryable, so a SIGKILL right after loses nothing. Writes are upserts: same series + time =
     one point. A 400 on a batch with a bad line is a *partial write*: the good lines are stored.
+    With ``tls`` it serves https only, with that certificate.
     """
 
     binary = "influxd"
     name = "influxd"
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, *, max_body_size: int = 25_000_000
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        max_body_size: int = 25_000_000,
+        tls: TLSFiles | None = None,
     ) -> None:
         super().__init__(data_dir, port)
         self.rpc_port = free_port()
         self.max_body_size = max_body_size
+        self.tls = tls
         self.conf_path = self.data_dir / "influxdb.conf"
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{LOOPBACK}:{self.port}"
 
     def _prepare(self) -> None:
         d = self.data_dir
+        https = ""
+        if self.tls is not None:
+            https = (
+                f'  https-enabled = true\n  https-certificate = "{self.tls.cert}"\n'
+                f'  https-private-key = "{self.tls.key}"\n'
+            )
         self.conf_path.write_text(
             f"""\
 reporting-disabled = true
@@ -389,7 +419,7 @@ bind-address = "{LOOPBACK}:{self.rpc_port}"
   pprof-enabled = false
   max-body-size = {self.max_body_size}
   max-row-limit = 0
-
+{https}
 [logging]
   level = "info"
   suppress-logo = true
