@@ -4,6 +4,7 @@ servers cannot be made to give on demand. The output runs in-process on a real s
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -168,3 +169,22 @@ async def test_a_failed_dead_letter_write_is_retried_and_holds_the_cursor(
         await rig.wait(lambda: len(rig.dead_letters()) == 1)
         await rig.wait(lambda: rig.spool.stats["raw"].lines == 0)
         assert rig.output.disk_problem == ""
+
+
+async def test_an_unreachable_server_is_pinged_every_second_not_sent_batches(
+    tmp_path: Path, server: FaultServer
+) -> None:
+    """Connection refused is probed with GET /ping at a short fixed interval, so the backlog
+    starts within seconds of the link returning, however long the outage; the exponential
+    backoff (here up to 60 s) stays for a live server that fails."""
+    async with Rig(tmp_path, server, retry_max_backoff=60.0) as rig:
+        server.stop()
+        await rig.spool.ingest("raw", lines(100))
+        await asyncio.sleep(8)
+        pings = rig.metric("edge_output_probes_total", result="none")
+        assert 5 <= pings <= 9
+        server.start()
+        back = time.monotonic()
+        await rig.wait(lambda: len(server.lines) == 100)
+        assert time.monotonic() - back < 2.5
+        assert len(server.requests) == 1  # the batch once, after a ping was answered

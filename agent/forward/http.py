@@ -20,6 +20,24 @@ GZIP_OFF_LOOP = 128 * 1024
 # One compression thread for all outputs: each extra thread costs its own malloc arena.
 _GZIP_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gzip")
 ERROR_TEXT_LIMIT = 2048
+PING_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """The answer to a ping: ``failed`` is None when the server answered at all."""
+
+    failed: Outcome | None
+    date: float | None  # the server's clock (epoch seconds), when it sent a Date
+
+
+def _date(header: str | None) -> float | None:
+    if header is None:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,25 +112,25 @@ class Writer:
         self.ssl = ssl_context(cfg)
         self.timeout = aiohttp.ClientTimeout(total=cfg.timeout)
 
-    async def server_time(self) -> float | None:
-        """The server's clock, from the Date header of any answer to ``GET /ping`` (InfluxDB and
-        VictoriaMetrics answer it without credentials); None without an answer or a Date."""
+    async def ping(self) -> Ping:
+        """``GET /ping``: is the server there at all? A probe that costs the server nothing while
+        the link is down (InfluxDB and VictoriaMetrics answer it without credentials). Any HTTP
+        answer counts, and carries the server's clock in its Date header."""
         url = self.cfg.url.rstrip("/") + "/ping"
         try:
             async with self.session.get(
-                url, timeout=aiohttp.ClientTimeout(total=5), ssl=self.ssl, allow_redirects=False
+                url,
+                timeout=aiohttp.ClientTimeout(total=PING_TIMEOUT),
+                ssl=self.ssl,
+                allow_redirects=False,
             ) as response:
-                date = response.headers.get("Date")
-        except aiohttp.ClientSSLError:
-            raise  # a configuration problem the output reports: see Output.server_time
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            return None
-        if date is None:
-            return None
-        try:
-            return email.utils.parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError, IndexError):
-            return None
+                return Ping(None, _date(response.headers.get("Date")))
+        except aiohttp.ClientSSLError as exc:
+            return Ping(tls_failure(tls_problem(exc)), None)
+        except TimeoutError:
+            return Ping(failure("timeout", f"no answer to /ping within {PING_TIMEOUT:g}s"), None)
+        except (aiohttp.ClientError, OSError) as exc:
+            return Ping(failure("connection_error", f"{type(exc).__name__}: {exc}"), None)
 
     async def post(self, body: bytes) -> Outcome:
         headers = dict(self.target.headers)

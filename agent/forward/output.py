@@ -16,14 +16,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import aiohttp
 import structlog
 
 from agent.config import OutputSection
 from agent.deadletter import DeadLetters, line_record
-from agent.forward.classify import Action, Outcome, tls_failure
-from agent.forward.gate import Gate, Priority, full_jitter
-from agent.forward.http import Writer, encode_body, tls_problem
+from agent.forward.classify import Action, Outcome
+from agent.forward.gate import Gate, Priority, Ticket, full_jitter
+from agent.forward.http import Writer, encode_body
 from agent.logs import RateLimited
 from agent.spool.store import Position, Spool, wait_for_data
 from agent.status.metrics import Metrics
@@ -33,6 +32,7 @@ log = structlog.get_logger("edge_agent.output")
 # After an outage the dashboards' summaries are current within seconds; raw history backfills.
 _SEND_ORDER = ("aggregates", "raw")
 _RETRYABLE = (Action.RETRY, Action.THROTTLE, Action.CONFIG)
+UNREACHABLE_PROBE = 1.0  # seconds between pings while the server gives no answer at all
 DISK_RETRY = 2.0  # seconds between attempts at a cursor or dead-letter write the disk refused
 
 
@@ -92,6 +92,7 @@ class Output:
         self._streams = [_Stream(s, cfg.max_in_flight) for s in cfg.streams]
         self._gate = Gate(cfg.max_in_flight, full_jitter(cfg.retry_max_backoff))
         self._disk_log = RateLimited(30.0)
+        self._no_answer = False  # the last failure got no HTTP answer: probe with pings
         self._stop = asyncio.Event()
         metrics.output_healthy.labels(self.name).set(1)
 
@@ -265,6 +266,11 @@ class Output:
         body = await encode_body(lines, self.cfg.gzip_level)
         while True:
             async with self._gate.turn(priority) as ticket:
+                unanswered = await self._unreachable(ticket) if ticket.probe else None
+                if unanswered is not None:
+                    wait = self._gate.failed(ticket, self._wait_after(unanswered))
+                    self._retrying(unanswered, wait)
+                    continue
                 outcome = await self._post(body)
                 ends = None
                 if outcome.action is Action.BISECT and whole and len(lines) > 1:
@@ -277,8 +283,19 @@ class Output:
                     if outcome.action is Action.SUCCESS:
                         self.metrics.last_success.labels(self.name).set(time.time())
                     return outcome, ends
-                wait = self._gate.failed(ticket, self._fixed_wait(outcome))
+                wait = self._gate.failed(ticket, self._wait_after(outcome))
             self._retrying(outcome, wait)
+
+    async def _unreachable(self, ticket: Ticket) -> Outcome | None:
+        """Before a probe after answers that never came (refused, DNS, timeout): a ``/ping``,
+        not a batch. Every ``UNREACHABLE_PROBE`` seconds, so the backlog starts within a
+        couple of seconds of the link returning; a live server that fails (5xx, 429) still
+        gets the backoff. None: the server answers, send the batch."""
+        if not self._no_answer:
+            return None
+        ping = await self.writer.ping()
+        self.metrics.probes.labels(self.name, "answered" if ping.failed is None else "none").inc()
+        return ping.failed
 
     async def _post(self, body: bytes) -> Outcome:
         outcome = await self.writer.post(body)
@@ -308,10 +325,14 @@ class Output:
         )
         return ends
 
-    def _fixed_wait(self, outcome: Outcome) -> float | None:
-        """The wait the config or the server dictates; None leaves it to the backoff."""
+    def _wait_after(self, outcome: Outcome) -> float | None:
+        """The wait the config, the server or an unreachable server dictates (None leaves it to
+        the backoff), and whether the next probe starts with a ping."""
+        self._no_answer = outcome.status is None and outcome.action is Action.RETRY
         if outcome.action is Action.CONFIG:
             return self.cfg.config_error_retry
+        if self._no_answer:
+            return UNREACHABLE_PROBE
         return outcome.retry_after
 
     def _retrying(self, outcome: Outcome, wait: float) -> None:
@@ -377,11 +398,10 @@ class Output:
     async def server_time(self) -> float | None:
         """The server's clock, for the clock watch. Until it confirms the wall clock, readings
         are held and no write reaches this output, so a failed TLS handshake is reported here."""
-        try:
-            return await self.writer.server_time()
-        except aiohttp.ClientSSLError as exc:
-            self._set_unhealthy(tls_failure(tls_problem(exc)))
-            return None
+        ping = await self.writer.ping()
+        if ping.failed is not None and ping.failed.action is Action.CONFIG:
+            self._set_unhealthy(ping.failed)
+        return ping.date
 
     def _set_healthy(self) -> None:
         if not self.healthy:

@@ -117,6 +117,12 @@ class Metrics:
             ["output", "outcome"],
             registry=r,
         )
+        self.probes = Counter(
+            "edge_output_probes",
+            "GET /ping sent while the server gave no answer at all, by result (answered, none)",
+            ["output", "result"],
+            registry=r,
+        )
         self.retries = Counter(
             "edge_output_retries", "Write attempts that will be retried", ["output"], registry=r
         )
