@@ -203,6 +203,9 @@ class SpoolSection(_Model):
     when_full: Literal["drop_oldest", "block"] = "drop_oldest"
     synchronous: Literal["full", "normal"] = "full"
     max_commit_batch: int = Field(default=10000, ge=1)
+    # How long the first message of a group commit may wait for others: each commit is an fsync
+    # and a few pages written, whatever it holds. An SD card lasts longer with "1s".
+    commit_interval: Duration = Field(default=0.1, le=10.0)
 
 
 AggregateFunction = Literal["mean", "min", "max", "count", "sum", "first", "last", "stddev"]

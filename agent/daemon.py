@@ -198,6 +198,7 @@ class Agent:
             DeadLetters(data / "dead-letters" / "ingest.jsonl"),
             self.metrics,
             cfg.spool.max_commit_batch,
+            cfg.spool.commit_interval,
         )
         status = None
         if cfg.status.enabled:

@@ -36,6 +36,9 @@ from agent.status.metrics import Metrics
 log = structlog.get_logger("edge_agent.source")
 
 BLOCKED_RETRY = 0.5
+# How often a barrier settles the redelivery records of the PUBACKs sent: its cost (an
+# UNSUBSCRIBE round trip and a delete) is paid per second, not per commit.
+BARRIER_INTERVAL = 1.0
 # MQTT 5 Maximum Packet Size, as a multiple of max_payload: the broker discards anything larger
 # instead of sending it, so one huge publish cannot exhaust a small gateway's memory.
 PACKET_SIZE_FACTOR = 16
@@ -53,6 +56,7 @@ class MqttSource:
         dead_letters: DeadLetters,
         metrics: Metrics,
         max_commit_batch: int,
+        commit_interval: float,
     ) -> None:
         self.cfg = cfg
         self.mapper = mapper
@@ -62,25 +66,41 @@ class MqttSource:
         self.dead_letters = dead_letters
         self.metrics = metrics
         self.max_commit_batch = max_commit_batch
+        self.commit_interval = commit_interval
+        # Commit early once this many wait, so the broker's window (receive_maximum) never fills
+        # while a commit lingers, whatever the rate.
+        self._enough = max(1, min(max_commit_batch, cfg.receive_maximum // 2))
         self.connected = False
         self.blocked = False
         self._buffer: list[Received] = []
-        self._wake = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._first_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._blocked_log = RateLimited()
         self._intake: Intake | None = None
-        self._barrier: asyncio.Task[None] | None = None
         self._barrier_topic = f"edge-agent/barrier/{cfg.client_id}"
 
     def kick(self) -> None:
         """Wake the commit loop (the clock became trusted: held readings are to be placed)."""
-        self._wake.set()
+        self._ready.set()
 
     def _deliver(self, message: Received) -> None:
-        self._buffer.append(message)
-        self._wake.set()
+        """Called by the socket reader for every message: kept to a few operations. The commit
+        loop wakes when the first message of a batch has lingered ``commit_interval``, or once
+        enough are waiting, not once per message."""
+        buffer = self._buffer
+        buffer.append(message)
+        waiting = len(buffer)
+        if waiting == 1:
+            self._first_at = time.monotonic()
+            self._timer = asyncio.get_running_loop().call_later(
+                self.commit_interval, self._ready.set
+            )
+        if waiting >= self._enough:
+            self._ready.set()
         # Not before SUBACK: a paused reader could not read it. Until our first PUBACK the
         # broker's own flow control holds (receive_maximum).
-        if self.connected and len(self._buffer) >= self.cfg.receive_maximum and self._intake:
+        if self.connected and waiting >= self.cfg.receive_maximum and self._intake:
             self._intake.pause()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -159,52 +179,60 @@ class MqttSource:
             log.info("mqtt_connected", url=self.cfg.url, client_id=self.cfg.client_id)
             gone = asyncio.create_task(_until_disconnected(client))
             stopping = asyncio.create_task(stop.wait())
+            for ending in (gone, stopping):
+                ending.add_done_callback(lambda _: self._ready.set())
+            barriers = asyncio.create_task(self._barriers(client))
             try:
-                await self._commit_loop(client, intake, gone, stopping)
+                await self._commit_loop(intake, gone, stopping)
             finally:
                 gone.cancel()
                 stopping.cancel()
-                if self._barrier is not None:
-                    self._barrier.cancel()
+                barriers.cancel()
                 self._intake = None
             if gone.done() and not gone.cancelled() and gone.exception():
                 raise aiomqtt.MqttError(str(gone.exception()))
 
     async def _commit_loop(
-        self,
-        client: aiomqtt.Client,
-        intake: Intake,
-        gone: asyncio.Task[None],
-        stopping: asyncio.Task[bool],
+        self, intake: Intake, gone: asyncio.Task[None], stopping: asyncio.Task[bool]
     ) -> None:
-        """Group commit: everything that arrived during the last commit goes into the next."""
+        """Group commit that lingers: a commit (and its fsync) costs the same for one message as
+        for a thousand, so a steady stream is committed every ``commit_interval``, or sooner
+        once enough messages wait. PUBACKs go out only after the commit."""
         while True:
             if self._held_to_place() and not await self._place_held(gone, stopping):
                 return
-            if not self._buffer:
-                if gone.done() or stopping.done():
-                    return
-                waker = asyncio.create_task(self._wake.wait())
-                await asyncio.wait((waker, gone, stopping), return_when=asyncio.FIRST_COMPLETED)
-                waker.cancel()
-                self._wake.clear()
-                continue
+            buffer = self._buffer
             if gone.done():
                 # The session is gone: these messages cannot be acknowledged on it and the broker
                 # will redeliver them; the new connection stores them then.
-                self._buffer.clear()
+                buffer.clear()
+                self._cancel_timer()
                 return
-            batch = self._buffer[: self.max_commit_batch]
-            del self._buffer[: self.max_commit_batch]
-            if len(self._buffer) < self.cfg.receive_maximum:
+            if not buffer and stopping.done():
+                return
+            lingering = time.monotonic() < self._first_at + self.commit_interval
+            if not buffer or (len(buffer) < self._enough and lingering and not stopping.done()):
+                await self._ready.wait()
+                self._ready.clear()
+                continue
+            batch = buffer[: self.max_commit_batch]
+            del buffer[: self.max_commit_batch]
+            self._cancel_timer()
+            if buffer:  # a burst: the rest is due at once
+                self._first_at = -self.commit_interval
+                self._ready.set()
+            if len(buffer) < self.cfg.receive_maximum:
                 intake.resume()
             if not await self._commit(batch, intake, gone, stopping):
                 return
-            if not gone.done():
-                self._start_barrier(client)
             if stopping.done():
                 # Intake stops here: whatever arrives now stays unacknowledged at the broker.
                 return
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _prepare(self, batch: list[Received]) -> tuple[Prepared, list[tuple[int, bytes]], int]:
         """Map the batch; the redelivery records of its QoS 1 messages; how many were
@@ -369,23 +397,21 @@ class MqttSource:
                 ):
                     return False
 
-    def _start_barrier(self, client: aiomqtt.Client) -> None:
+    async def _barriers(self, client: aiomqtt.Client) -> None:
         """Prove that the broker has processed the PUBACKs sent so far, so their redelivery
         records can be erased: an UNSUBSCRIBE of a filter we never use, queued behind them on
         the same connection, is answered only after the broker has read everything before it."""
-        if self._barrier is not None and not self._barrier.done():
-            return
-        through = self.guard.begin_barrier()
-        if through is not None:
-            self._barrier = asyncio.create_task(self._settle(client, through))
-
-    async def _settle(self, client: aiomqtt.Client, through: int) -> None:
-        try:
-            await client.unsubscribe(self._barrier_topic, timeout=30)
-        except aiomqtt.MqttError:
-            self.guard.barrier_failed()
-            return
-        self.guard.end_barrier(through)
+        while True:
+            await asyncio.sleep(BARRIER_INTERVAL)
+            through = self.guard.begin_barrier()
+            if through is None:
+                continue
+            try:
+                await client.unsubscribe(self._barrier_topic, timeout=30)
+            except aiomqtt.MqttError:
+                self.guard.barrier_failed()
+                continue
+            self.guard.end_barrier(through)
 
 
 def _stream_label(stream: str) -> str:
