@@ -25,6 +25,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from agent.aggregate.windows import MAX_SERIES
 from agent.parse.topic import TopicTemplate
 from agent.redact import mask_url
 from agent.units import ByteSize, Duration
@@ -223,6 +224,7 @@ class AggregationSection(_Model):
     lateness: Duration = 10.0
     timestamp: Literal["stop", "start"] = "stop"
     suffix: str = ""
+    max_series: int = Field(default=MAX_SERIES, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> AggregationSection:

@@ -48,3 +48,19 @@ def test_a_commit_larger_than_the_budget_goes_into_an_emptied_spool() -> None:
 def test_a_disk_below_the_floor_blocks_when_nothing_is_left_to_replace() -> None:
     plan = plan_drops(Budget(GIB, 3600, 500, "drop_oldest"), [], 0, 100, 10, NOW)
     assert plan.blocked_reason == "min_free_disk"
+
+
+def test_aggregation_state_counts_toward_the_size_budget() -> None:
+    budget = Budget(1000, 3600, 0, "drop_oldest")
+    assert plan_drops(budget, chunks(), 300, 100, GIB, NOW, state_bytes=600).drop == ()
+    plan = plan_drops(budget, chunks(), 300, 100, GIB, NOW, state_bytes=650)
+    assert plan.drop == ((1, "max_size"),) and plan.blocked_reason is None
+    blocked = plan_drops(Budget(1000, 3600, 0, "block"), chunks(), 300, 100, GIB, NOW, 650)
+    assert blocked.blocked_reason == "max_size"
+
+
+def test_state_that_fills_the_budget_alone_never_blocks_intake_for_good() -> None:
+    """The state is never dropped: once the outputs have emptied the spool, a commit is let in."""
+    for policy in ("drop_oldest", "block"):
+        plan = plan_drops(Budget(500, 3600, 0, policy), [], 0, 100, GIB, NOW, state_bytes=800)
+        assert plan.blocked_reason is None

@@ -140,6 +140,7 @@ def test_aggregations_and_their_stream(config: Path, monkeypatch: pytest.MonkeyP
     agg = cfg.aggregations[0]
     assert (agg.every, agg.offset, agg.lateness, agg.timestamp) == (60.0, 15.0, 60.0, "stop")
     assert agg.functions == ["mean", "stddev"] and agg.fields == ["*"]
+    assert agg.max_series == 10_000
 
 
 @pytest.mark.parametrize(
@@ -148,6 +149,7 @@ def test_aggregations_and_their_stream(config: Path, monkeypatch: pytest.MonkeyP
         ('offset = "15s"', 'offset = "2m"'),
         ('functions = ["mean", "stddev"]', 'functions = ["median"]'),
         ('every = "1m"', 'every = "0s"'),
+        ('every = "1m"', 'every = "1m"\nmax_series = 0'),
     ],
 )
 def test_bad_aggregation_names_the_key(config: Path, change: str, message: str) -> None:

@@ -159,7 +159,7 @@ async def test_window_checkpoint_is_one_transaction_and_survives_a_reopen(tmp_pa
     read = await spool.read("raw", await spool.cursor("aggregator", "raw"), 100, 1 << 20)
     rows = WindowRows([("agg", "m", 59, None)], [("agg", "m", 0, "[true, false, {}]")], [])
     await spool.checkpoint_windows(
-        "aggregator", "raw", read.end, "aggregates", ["m v=1.0 60"], rows
+        "aggregator", "raw", read.end, "aggregates", ["m v=1.0 60"], rows, 100
     )
     await spool.close()
     spool = Spool(tmp_path / "spool.db", BIG, "full")
@@ -169,9 +169,38 @@ async def test_window_checkpoint_is_one_transaction_and_survives_a_reopen(tmp_pa
     assert got.lines == [b"m v=1.0 60"]
     assert await spool.load_windows(["agg"]) == rows
     rows.removed.append(("agg", "m", 0))
-    await spool.checkpoint_windows("aggregator", "raw", read.end, "aggregates", [], rows)
+    await spool.checkpoint_windows("aggregator", "raw", read.end, "aggregates", [], rows, 50)
     assert (await spool.load_windows(["agg"])).windows == []
+    evicted = WindowRows([], [("agg", "n", 0, "[true, false, {}]")], [], evicted=[("agg", "m")])
+    await spool.checkpoint_windows("aggregator", "raw", read.end, "aggregates", [], evicted, 40)
+    assert await spool.load_windows(["agg"]) == WindowRows([], evicted.windows, [])
+    assert spool.state_bytes == 40
     assert await spool.load_windows(["other"]) == WindowRows([], [], [])  # changed: afresh
+    await spool.close()
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "block"])
+async def test_the_size_budget_counts_the_aggregation_state(tmp_path: Path, policy: str) -> None:
+    """A checkpoint that grows the state makes the next raw commit drop the oldest raw chunk,
+    or block, as any other data in the spool would."""
+    one_chunk = len("\n".join(lines("x", 10)).encode())
+    budget = Budget(one_chunk * 3, 86400, 0, policy)  # type: ignore[arg-type]
+    spool = Spool(tmp_path / "spool.db", budget, "full")
+    await spool.open()
+    await spool.register({"aggregator": ["raw"], "out": ["raw"]})
+    await spool.ingest("raw", lines("x", 10))
+    await spool.ingest("raw", lines("y", 10))
+    start = await spool.cursor("aggregator", "raw")
+    rows = WindowRows([("agg", "m", 1, None)], [], [])
+    await spool.checkpoint_windows("aggregator", "raw", start, "aggregates", [], rows, one_chunk)
+    result = await spool.ingest("raw", lines("z", 10))
+    if policy == "block":
+        assert not result.committed and result.blocked_reason == "max_size"
+    else:
+        assert result.committed and [(d.reason, d.lines) for d in result.drops] == [
+            ("max_size", 10)
+        ]
+        assert spool.stats["raw"].bytes + spool.state_bytes <= budget.max_size
     await spool.close()
 
 

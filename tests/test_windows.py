@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from agent.aggregate.exact import FUNCTIONS, Accumulator, sqrt_of_fraction
 from agent.aggregate.readings import read_line
-from agent.aggregate.windows import NS, WindowSpec, WindowTable
+from agent.aggregate.windows import NS, Changes, WindowSpec, WindowTable
 from agent.parse.lineprotocol import parse_line
 
 MIN = 60 * NS
@@ -291,6 +291,165 @@ def test_too_late_follows_the_series_clock(
         emitted += t.collect(0.0).lines
     emitted += t.collect(1e9).lines
     assert final_lines(emitted) == expected_lines(kept, spec)
+
+
+# --- bounded series: eviction and the bytes of the checkpointed state ------------------------
+class Store:
+    """The checkpoint tables as dicts, written in the spool's order: evicted series, series
+    clocks, window states, windows removed."""
+
+    def __init__(self) -> None:
+        self.series: dict[str, tuple[int, int | None]] = {}
+        self.windows: dict[tuple[str, int], str] = {}
+
+    def write(self, changes: Changes) -> None:
+        for head in changes.evicted:
+            self.series.pop(head, None)
+            for key in [k for k in self.windows if k[0] == head]:
+                del self.windows[key]
+        for head, clock, closed in changes.series:
+            self.series[head] = (clock, closed)
+        for head, start, text in changes.windows:
+            self.windows[(head, start)] = text
+        for head, start in changes.removed:
+            self.windows.pop((head, start), None)
+
+    def bytes(self, t: WindowTable) -> int:
+        """A full recount of the rows, to hold the table's running count against."""
+        return sum(t.series_row_bytes(head) for head in self.series) + sum(
+            t.window_row_bytes(head, text) for (head, _), text in self.windows.items()
+        )
+
+    def restore(self, spec: WindowSpec) -> WindowTable:
+        t = WindowTable(spec, key_bytes=20)
+        for head, (clock, closed) in self.series.items():
+            t.load_series(head, clock, closed, 0.0)
+        for (head, start), text in self.windows.items():
+            t.load_window(head, start, text)
+        return t
+
+
+def test_eviction_takes_series_without_open_windows_first_least_recently_heard_first() -> None:
+    t = WindowTable(WindowSpec(every=MIN, lateness=5 * NS, functions=("count",), max_series=4))
+    t.add("m,s=c", [("v", 1.0)], 0, 0.0)  # heard first, its window still open
+    t.add("m,s=a", [("v", 1.0)], 0, 1.0)
+    t.add("m,s=b", [("v", 1.0)], 0, 2.0)
+    assert len(t.collect(20.0, ["m,s=a", "m,s=b"]).lines) == 2  # a and b final: a clock left
+    t.add("m,s=d", [("v", 1.0)], 0, 21.0)
+    assert not t.series["m,s=a"].windows and t.series["m,s=c"].windows
+    t.add("m,s=e", [("v", 1.0)], 0, 22.0)
+    assert sorted(t.series) == ["m,s=b", "m,s=c", "m,s=d", "m,s=e"]
+    t.add("m,s=f", [("v", 1.0)], 0, 23.0)
+    assert sorted(t.series) == ["m,s=c", "m,s=d", "m,s=e", "m,s=f"]
+    assert t.collect(23.0, []).evicted == 2
+    # No series is left without an open window: the idlest goes, its window emitted first.
+    t.add("m,s=g", [("v", 1.0)], 0, 24.0)
+    assert sorted(t.series) == ["m,s=d", "m,s=e", "m,s=f", "m,s=g"]
+    out = t.collect(24.0, [])
+    assert (out.lines, out.emitted, out.evicted) == ([f"m,s=c v_count=1i {MIN}"], 1, 1)
+    assert sorted(t.take_changes().evicted) == ["m,s=a", "m,s=b", "m,s=c"]
+
+
+def test_eviction_frees_a_batch_so_one_scan_serves_many_new_series() -> None:
+    t = WindowTable(WindowSpec(every=MIN, max_series=160))
+    for i in range(160):
+        t.add(f"m,id={i}", [("v", 1.0)], 0, float(i))
+    t.add("m,id=new0", [("v", 1.0)], 0, 200.0)
+    assert len(t.series) == 151 and t.collect(200.0, []).evicted == 10
+    assert [f"m,id={i}" in t.series for i in (9, 10)] == [False, True]  # least recently heard
+    for i in range(1, 10):
+        t.add(f"m,id=new{i}", [("v", 1.0)], 0, 200.0)
+    assert len(t.series) == 160 and t.collect(200.0, []).evicted == 0
+
+
+def test_a_series_heard_again_after_eviction_starts_afresh_in_the_checkpoint() -> None:
+    t = WindowTable(WindowSpec(every=MIN, lateness=10 * MIN, max_series=1))
+    store = Store()
+    t.add("m,s=a", [("v", 1.0)], 0, 0.0)
+    t.add("m,s=a", [("v", 2.0)], MIN, 0.0)
+    store.write(t.take_changes())
+    assert len(store.windows) == 2
+    t.add("m,s=b", [("v", 1.0)], 0, 1.0)  # evicts a, both its windows emitted
+    assert len(t.collect(1.0, []).lines) == 2
+    t.add("m,s=a", [("v", 5.0)], 2 * MIN, 2.0)  # evicts b; a comes back with a new window
+    store.write(t.take_changes())
+    assert store.series == {"m,s=a": (2 * MIN, None)}
+    assert list(store.windows) == [("m,s=a", 2 * MIN)]
+    assert t.state_bytes == store.bytes(t)
+
+
+series_ops = st.lists(
+    st.tuples(
+        st.integers(0, 9),  # 0-6 add a reading, 7 collect, 8 checkpoint, 9 restart
+        st.sampled_from([f"m,id={i}" for i in range(8)]),
+        st.integers(0, 6 * MIN),
+        st.floats(0.0, 8.0),  # live time passing before the step
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=150)
+@given(series_ops, st.integers(1, 5))
+def test_state_bytes_kept_as_rows_come_and_go_equal_a_recount(
+    ops: list[tuple[int, str, int, float]], max_series: int
+) -> None:
+    """After every checkpoint, and after a restart from it, the running count of the state's
+    bytes equals a recount of the rows, and the table and its rows stay within max_series."""
+    spec = WindowSpec(every=MIN, lateness=5 * NS, functions=("sum",), max_series=max_series)
+    t = WindowTable(spec, key_bytes=20)
+    store = Store()
+    live = 0.0
+    for action, head, ts, step in [*ops, (8, "", 0, 0.0)]:
+        live += step
+        if action <= 6:
+            t.add(head, [("v", 1.0)], ts, live)
+            assert len(t.series) <= max_series
+        elif action == 7:
+            t.collect(live)
+        else:
+            store.write(t.take_changes())
+            assert t.state_bytes == store.bytes(t)
+            assert set(store.series) == set(t.series)
+            assert set(store.windows) == {(h, w) for h, s in t.series.items() for w in s.windows}
+            if action == 9:
+                t = store.restore(spec)
+                assert t.state_bytes == store.bytes(t)
+
+
+@settings(max_examples=150)
+@given(st.lists(reading_st, max_size=80), st.randoms(), st.integers(1, 3), st.integers(0, 80))
+def test_bounded_series_that_do_not_return_aggregate_exactly(
+    readings: list[tuple[str, int, float]], rnd: random.Random, max_series: int, cut: int
+) -> None:
+    """Series arrive one after another, as with a message id for a tag: however few the table
+    may hold, every reading is in its aggregate once (evicted windows are emitted first), and
+    a restart from a checkpoint at a random point changes nothing."""
+    spec = WindowSpec(every=MIN, lateness=10 * MIN, functions=FUNCTIONS, max_series=max_series)
+    by_head: dict[str, list[tuple[str, int, float]]] = defaultdict(list)
+    for reading in readings:
+        by_head[reading[0]].append(reading)
+    groups = list(by_head.values())
+    rnd.shuffle(groups)
+    arrival = []
+    for group in groups:
+        rnd.shuffle(group)
+        arrival += group
+    t = WindowTable(spec)
+    store = Store()
+    emitted: list[str] = []
+    for i, (head, ts, v) in enumerate(arrival):
+        if i == cut:
+            emitted += t.collect(0.0).lines
+            store.write(t.take_changes())
+            t = store.restore(spec)
+        assert t.add(head, [("v", v)], ts, 0.0)
+        assert len(t.series) <= max_series
+        if rnd.random() < 0.3:
+            emitted += t.collect(0.0).lines
+            store.write(t.take_changes())
+    emitted += t.collect(1e9).lines
+    assert final_lines(emitted) == expected_lines(readings, spec)
 
 
 # --- reading the raw stream back ----------------------------------------------------------------

@@ -33,20 +33,23 @@ CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints at the least: each one 
 TICK = 1.0  # how often quiet series are checked for windows to emit
 ROUTE_CACHE = 100_000
 RETRY_DELAY = 2.0
+EVICTION_LOG_INTERVAL = 60.0
 
 
 @dataclass(slots=True)
 class _Aggregation:
     cfg: AggregationSection
+    identity: str  # what its checkpointed windows depend on: a change starts them afresh
     table: WindowTable
     all_fields: bool
     field_ok: dict[str, bool] = field(default_factory=dict)
+    unlogged_evictions: int = 0
 
-    @property
-    def identity(self) -> str:
-        """What its checkpointed windows depend on: a change of any of it starts them afresh."""
-        spec, cfg = self.table.spec, self.cfg
-        return json.dumps([spec.every, spec.offset, cfg.measurements, cfg.fields, cfg.suffix])
+    @classmethod
+    def of(cls, cfg: AggregationSection) -> _Aggregation:
+        spec = spec_of(cfg)
+        identity = json.dumps([spec.every, spec.offset, cfg.measurements, cfg.fields, cfg.suffix])
+        return cls(cfg, identity, WindowTable(spec, len(identity)), cfg.fields == ["*"])
 
     def fields_of(self, reading: Reading) -> list[tuple[str, float]]:
         if self.all_fields:
@@ -55,6 +58,8 @@ class _Aggregation:
         for name, value in reading.fields:
             ok = self.field_ok.get(name)
             if ok is None:
+                if len(self.field_ok) >= ROUTE_CACHE:  # field names that never repeat
+                    self.field_ok.clear()
                 ok = self.field_ok[name] = any(fnmatchcase(name, p) for p in self.cfg.fields)
             if ok:
                 out.append((name, value))
@@ -68,6 +73,7 @@ def spec_of(cfg: AggregationSection) -> WindowSpec:
         lateness=round(cfg.lateness * NS),
         functions=tuple(cfg.functions),
         stamp_at_stop=cfg.timestamp == "stop",
+        max_series=cfg.max_series,
     )
 
 
@@ -83,11 +89,12 @@ class Aggregator:
         self.spool = spool
         self.metrics = metrics
         self._is_live = live
-        self._aggs = [_Aggregation(c, WindowTable(spec_of(c)), c.fields == ["*"]) for c in cfgs]
+        self._aggs = [_Aggregation.of(c) for c in cfgs]
         self._routes: dict[str, list[tuple[int, str]]] = {}
         self._live = 0.0
         self._live_at = time.monotonic()
         self._bad_log = RateLimited(60.0)
+        self._eviction_log = RateLimited(EVICTION_LOG_INTERVAL)
         self.new_data = asyncio.Event()
         spool.listen(self.new_data)
 
@@ -99,8 +106,10 @@ class Aggregator:
             tables[identity].load_series(head, clock, closed, self._live)
         for identity, head, start, state in rows.windows:
             tables[identity].load_window(head, start, state)
+        self.spool.state_bytes = self._state_bytes()
         for agg in self._aggs:
             self.metrics.windows_open.labels(agg.cfg.name).set(agg.table.open_windows)
+            self._state_metrics(agg)
 
     async def run(self, stop: asyncio.Event) -> None:
         pos = await self.spool.cursor(CONSUMER, SOURCE)
@@ -116,7 +125,7 @@ class Aggregator:
                 last_scan = time.monotonic()
             lines = self._collect(None if full_scan else touched)
             rows = self._changes()
-            if result.end != pos or lines or rows.series:
+            if result.end != pos or lines or rows:
                 if not await self._checkpoint(stop, result.end, lines, rows):
                     return
                 last_checkpoint = time.monotonic()
@@ -129,10 +138,19 @@ class Aggregator:
         for agg in self._aggs:
             key = agg.identity
             changes = agg.table.take_changes()
+            rows.evicted.extend((key, head) for head in changes.evicted)
             rows.series.extend((key, *row) for row in changes.series)
             rows.windows.extend((key, *row) for row in changes.windows)
             rows.removed.extend((key, *row) for row in changes.removed)
         return rows
+
+    def _state_bytes(self) -> int:
+        return sum(agg.table.state_bytes for agg in self._aggs)
+
+    def _state_metrics(self, agg: _Aggregation) -> None:
+        name = agg.cfg.name
+        self.metrics.aggregate_series.labels(name).set(len(agg.table.series))
+        self.metrics.aggregate_state_bytes.labels(name).set(agg.table.state_bytes)
 
     def _advance_live(self) -> None:
         now = time.monotonic()
@@ -202,8 +220,26 @@ class Aggregator:
                 self.metrics.windows_emitted.labels(name).inc(out.emitted)
             if out.reemitted:
                 self.metrics.windows_reemitted.labels(name).inc(out.reemitted)
+            if out.evicted:
+                self._evicted(agg, out.evicted)
             self.metrics.windows_open.labels(name).set(agg.table.open_windows)
         return lines
+
+    def _evicted(self, agg: _Aggregation, count: int) -> None:
+        name = agg.cfg.name
+        self.metrics.series_evicted.labels(name).inc(count)
+        agg.unlogged_evictions += count
+        if self._eviction_log.allow(name) is not None:
+            log.warning(
+                "aggregate_series_evicted",
+                aggregation=name,
+                evicted=agg.unlogged_evictions,
+                max_series=agg.table.spec.max_series,
+                hint="tags that never repeat (a message id, a timestamp) make a new series per "
+                "reading: aggregate only measurements whose tags name things, or raise "
+                "max_series if this many series are real",
+            )
+            agg.unlogged_evictions = 0
 
     async def _checkpoint(
         self,
@@ -216,7 +252,9 @@ class Aggregator:
         The windows in memory are then ahead of the spool, so nothing may move on without it."""
         while True:
             try:
-                await self.spool.checkpoint_windows(CONSUMER, SOURCE, end, TARGET, lines, rows)
+                await self.spool.checkpoint_windows(
+                    CONSUMER, SOURCE, end, TARGET, lines, rows, self._state_bytes()
+                )
             except sqlite3.OperationalError as exc:
                 log.error("aggregate_checkpoint_failed", error=str(exc), retry_in=RETRY_DELAY)
                 with contextlib.suppress(TimeoutError):
@@ -226,6 +264,8 @@ class Aggregator:
                 continue
             if lines:
                 self.metrics.committed.labels(TARGET).inc(len(lines))
+            for agg in self._aggs:
+                self._state_metrics(agg)
             return True
 
     async def _pause(self, stop: asyncio.Event, last_checkpoint: float) -> None:

@@ -19,10 +19,22 @@ Whether a reading is too late depends on the series' clock and on which windows 
 checkpointed, never on how the backlog was cut into batches: a crash changes when windows are
 emitted, not what they finally hold. Live time only advances while the MQTT session is up (the
 caller decides), so a broker or agent outage does not make its own backlog too late.
+
+A table holds at most ``max_series`` series. A series whose windows are all final is only its
+clock and its final mark, kept so that a very late reading cannot overwrite a finished
+aggregate with a partial one; tags that never repeat (a message id) would make a new one per
+reading. When a new series would exceed the bound, a batch of series is **evicted**: first those
+without open windows, least recently heard first, then, to fill the batch, the idlest series
+with open windows, whose dirty windows are emitted first so no reading is lost from the
+aggregates. An evicted series is forgotten: a reading for it starts a new series, and a very
+late one starts a fresh window whose partial aggregate, stamped like the finished one,
+overwrites it at the server. Long-idle final series go first because they are the least likely
+to hear such a reading.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +44,12 @@ from agent.parse.lineprotocol import escape_key
 
 NS = 1_000_000_000
 MIN_IDLE = 1.0
+MAX_SERIES = 10_000
+EVICT_FRACTION = 16  # a batch evicts max_series / this: one scan of the table per batch
+# SQLite's bytes per checkpoint row beyond the values it holds (record header, cell pointer,
+# B-tree page slack), measured with dbstat on a table of realistic rows.
+ROW_OVERHEAD = 32
+INT_BYTES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +61,7 @@ class WindowSpec:
     lateness: int = 0
     functions: tuple[str, ...] = ("mean", "min", "max", "count")
     stamp_at_stop: bool = True
+    max_series: int = MAX_SERIES
 
     @property
     def idle(self) -> float:
@@ -59,6 +78,7 @@ class Window:
     fields: dict[str, Accumulator] = field(default_factory=dict)
     dirty: bool = False  # holds readings not yet in an emitted aggregate
     emitted: bool = False
+    saved: int = 0  # bytes of its checkpoint row as last written, 0 if none
 
 
 @dataclass(slots=True)
@@ -74,6 +94,7 @@ class Emission:
     lines: list[str] = field(default_factory=list)
     emitted: int = 0
     reemitted: int = 0
+    evicted: int = 0
 
 
 @dataclass(slots=True)
@@ -81,6 +102,7 @@ class Changes:
     """What a checkpoint must write: only the windows and series touched since the last one,
     so a long lateness (many open windows per series) does not rewrite them all each time."""
 
+    evicted: list[str] = field(default_factory=list)  # series whose rows all go, first
     series: list[tuple[str, int, int | None]] = field(default_factory=list)
     windows: list[tuple[str, int, str]] = field(default_factory=list)
     removed: list[tuple[str, int]] = field(default_factory=list)
@@ -88,12 +110,20 @@ class Changes:
 
 class WindowTable:
     """The open windows of every series of one aggregation, keyed by the output series text
-    (escaped measurement and tags, as it starts the aggregate line)."""
+    (escaped measurement and tags, as it starts the aggregate line).
 
-    def __init__(self, spec: WindowSpec) -> None:
+    ``state_bytes`` estimates the checkpoint rows as they stand once the changes taken so far
+    are written, kept up to date as rows come and go rather than counted; ``key_bytes`` is the
+    length of the aggregation key that leads each row."""
+
+    def __init__(self, spec: WindowSpec, key_bytes: int = 0) -> None:
         self.spec = spec
         self.series: dict[str, Series] = {}
         self.changed: dict[str, set[int]] = {}  # series -> starts of windows changed or removed
+        self.evicted: set[str] = set()  # series evicted since the last checkpoint
+        self.state_bytes = 0
+        self._row_bytes = key_bytes + ROW_OVERHEAD
+        self._pending = Emission()  # what evictions emitted, handed out by the next collect
 
     def add(self, head: str, fields: Sequence[tuple[str, float]], ts: int, live: float) -> bool:
         """Add one reading; False if it is too late for its window."""
@@ -102,7 +132,10 @@ class WindowTable:
         stop = start + spec.every
         series = self.series.get(head)
         if series is None:
+            if len(self.series) >= spec.max_series:
+                self._evict()
             series = self.series[head] = Series(ts, heard=live)
+            self.state_bytes += self.series_row_bytes(head)
         elif stop + 2 * spec.lateness <= series.clock or (
             series.closed is not None and stop <= series.closed
         ):
@@ -123,13 +156,37 @@ class WindowTable:
         return True
 
     def collect(self, live: float, heads: Iterable[str] | None = None) -> Emission:
-        """Emit the windows that are due and forget the final ones, for ``heads`` (all if None)."""
-        out = Emission()
+        """Emit the windows that are due and forget the final ones, for ``heads`` (all if None),
+        with what evictions emitted since the last call."""
+        out, self._pending = self._pending, Emission()
         for head in self.series if heads is None else heads:
-            series = self.series[head]
-            if series.windows:
+            series = self.series.get(head)  # None once evicted
+            if series is not None and series.windows:
                 self._collect_series(head, series, live, out)
         return out
+
+    def _evict(self) -> None:
+        """Make room for a batch of new series: those without open windows first, then the
+        idlest; least recently heard first, then oldest clock. One scan of the table serves the
+        whole batch, so its cost is spread over that many new series."""
+        batch = max(1, self.spec.max_series // EVICT_FRACTION)
+        final = [(s.heard, s.clock, head) for head, s in self.series.items() if not s.windows]
+        ranked = heapq.nsmallest(batch, final)
+        if len(ranked) < batch:
+            busy = [(s.heard, s.clock, head) for head, s in self.series.items() if s.windows]
+            ranked += heapq.nsmallest(batch - len(ranked), busy)
+        out = self._pending
+        for _, _, head in ranked:
+            series = self.series.pop(head)
+            for start in sorted(series.windows):
+                window = series.windows[start]
+                if window.dirty:
+                    self._emit(head, start, window, out)
+                self.state_bytes -= window.saved
+            self.state_bytes -= self.series_row_bytes(head)
+            self.changed.pop(head, None)
+            self.evicted.add(head)
+        out.evicted += len(ranked)
 
     def _collect_series(self, head: str, series: Series, live: float, out: Emission) -> None:
         spec = self.spec
@@ -140,20 +197,26 @@ class WindowTable:
             window = series.windows[start]
             stop = start + spec.every
             if window.dirty and (idle or series.clock >= stop + spec.lateness):
-                line = self._line(head, start, window)
-                if line is not None:
-                    out.lines.append(line)
-                if window.emitted:
-                    out.reemitted += 1
-                else:
-                    out.emitted += 1
-                window.dirty = False
-                window.emitted = True
+                self._emit(head, start, window, out)
                 self.changed.setdefault(head, set()).add(start)
             if forget or series.clock >= stop + 2 * spec.lateness:
                 del series.windows[start]
+                self.state_bytes -= window.saved
                 series.closed = stop if series.closed is None else max(series.closed, stop)
                 self.changed.setdefault(head, set()).add(start)
+        if not series.windows:
+            series.windows = {}  # an emptied dict keeps its table: most series end up here
+
+    def _emit(self, head: str, start: int, window: Window, out: Emission) -> None:
+        line = self._line(head, start, window)
+        if line is not None:
+            out.lines.append(line)
+        if window.emitted:
+            out.reemitted += 1
+        else:
+            out.emitted += 1
+        window.dirty = False
+        window.emitted = True
 
     def _line(self, head: str, start: int, window: Window) -> str | None:
         parts = []
@@ -174,9 +237,18 @@ class WindowTable:
     def open_windows(self) -> int:
         return sum(len(s.windows) for s in self.series.values())
 
+    def series_row_bytes(self, head: str) -> int:
+        """Estimated bytes of a series' clock row: key, series text, clock and final mark."""
+        return self._row_bytes + len(head) + 2 * INT_BYTES
+
+    def window_row_bytes(self, head: str, state: str) -> int:
+        """Estimated bytes of a window's row: key, series text, start and state."""
+        return self._row_bytes + len(head) + INT_BYTES + len(state)
+
     def take_changes(self) -> Changes:
-        """The checkpoint rows of everything changed since the last call."""
-        out = Changes()
+        """The checkpoint rows of everything changed since the last call: the rows of evicted
+        series go first, so a series evicted and heard again starts from a clean slate."""
+        out = Changes(evicted=sorted(self.evicted))
         for head, starts in self.changed.items():
             series = self.series[head]
             out.series.append((head, series.clock, series.closed))
@@ -185,18 +257,27 @@ class WindowTable:
                 if window is None:
                     out.removed.append((head, start))
                 else:
-                    out.windows.append((head, start, _dump_window(window)))
+                    state = _dump_window(window)
+                    self._saved(window, self.window_row_bytes(head, state))
+                    out.windows.append((head, start, state))
         self.changed = {}
+        self.evicted = set()
         return out
+
+    def _saved(self, window: Window, size: int) -> None:
+        self.state_bytes += size - window.saved
+        window.saved = size
 
     def load_series(self, head: str, clock: int, closed: int | None, live: float) -> None:
         self.series[head] = Series(clock, closed, heard=live)
+        self.state_bytes += self.series_row_bytes(head)
 
     def load_window(self, head: str, start: int, text: str) -> None:
         dirty, emitted, fields = json.loads(text)
-        self.series[head].windows[start] = Window(
+        window = self.series[head].windows[start] = Window(
             {name: Accumulator.load(acc) for name, acc in fields.items()}, dirty, emitted
         )
+        self._saved(window, self.window_row_bytes(head, text))
 
 
 def _dump_window(window: Window) -> str:

@@ -63,18 +63,22 @@ def plan_drops(
     incoming: int,
     free_disk: int,
     now: float,
+    state_bytes: int = 0,
 ) -> DropPlan:
-    """Plan for storing ``incoming`` more bytes.
+    """Plan for storing ``incoming`` more bytes beside ``total_bytes`` of chunks and
+    ``state_bytes`` of aggregation state, which counts toward the size budget but is never
+    dropped (it is bounded by each aggregation's ``max_series``).
 
     The age budget always drops (data past it is worthless whatever the policy). The size budget
     and the free-disk floor follow ``when_full``; if dropping everything allowed still would not
     make room, intake blocks and the broker keeps the messages. One commit larger than the
-    whole budget is let into an empty spool: refusing it would block intake for good.
+    whole budget is let into a spool that holds no chunks: refusing it would block intake for
+    good, as the state alone might fill the budget.
     """
     aged = [c for c in chunks if now - c.created > budget.max_age]
     drop = [(c.id, "max_age") for c in aged]
     size = total_bytes - sum(c.bytes for c in aged)
-    need_size = size + incoming - budget.max_size
+    need_size = size + state_bytes + incoming - budget.max_size
     # Deleting rows does not shrink the file, it lets SQLite reuse the pages: below the floor the
     # spool may only replace old data, never grow.
     need_disk = incoming if free_disk < budget.min_free_disk else 0

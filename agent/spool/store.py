@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -129,12 +129,16 @@ class Records:
 @dataclass(slots=True)
 class WindowRows:
     """Aggregation state rows, each led by its aggregation's identity: series clocks
-    (series, clock, closed), window states (series, start, state) and windows removed
-    (series, start)."""
+    (series, clock, closed), window states (series, start, state), windows removed
+    (series, start) and series evicted, whose clock and windows all go (series)."""
 
     series: list[tuple[str, str, int, int | None]]
     windows: list[tuple[str, str, int, str]]
     removed: list[tuple[str, str, int]]
+    evicted: list[tuple[str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.series or self.windows or self.removed or self.evicted)
 
 
 class SpoolError(Exception):
@@ -159,6 +163,9 @@ class Spool:
         self._listeners: list[asyncio.Event] = []
         self.age = AgeClock(0.0)
         self._reserve = path.with_name(path.name + ".reserve")
+        # Bytes of aggregation state (agg_series, agg_windows) as its owner, the aggregator,
+        # counts them: set on restore and by every checkpoint, counted by the size budget.
+        self.state_bytes = 0
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -486,10 +493,11 @@ class Spool:
 
     def _plan(self, incoming: int, now: float) -> DropPlan:
         total = sum(s.bytes for s in self.stats.values())
+        state = self.state_bytes
         oldest = min((s.oldest for s in self.stats.values() if s.oldest is not None), default=now)
         free = self._free_disk()
         over = (
-            total + incoming > self.budget.max_size
+            total + state + incoming > self.budget.max_size
             or now - oldest > self.budget.max_age
             or free < self.budget.min_free_disk
         )
@@ -499,7 +507,7 @@ class Spool:
             "SELECT id, stream, created, bytes FROM chunks ORDER BY id LIMIT 5000"
         ).fetchall()
         chunks = [ChunkInfo(int(r[0]), str(r[1]), float(r[2]), int(r[3])) for r in rows]
-        return plan_drops(self.budget, chunks, total, incoming, free, now)
+        return plan_drops(self.budget, chunks, total, incoming, free, now, state)
 
     def _free_disk(self) -> int:
         try:
@@ -604,11 +612,13 @@ class Spool:
         target: str,
         lines: Sequence[str],
         rows: WindowRows,
+        state_bytes: int,
     ) -> None:
         """One transaction: the aggregate lines emitted, the window state, and the aggregator's
         cursor past the readings that made them. A crash keeps all three or none, so no reading
-        is lost from its window or counted in it twice. Aggregates are small and bypass the
-        budget planner (the next raw commit makes room for them)."""
+        is lost from its window or counted in it twice. ``state_bytes`` is the aggregation
+        state once these rows are written. Aggregates and state are small and bypass the budget
+        planner (the next raw commit makes room for them)."""
         body = "\n".join(lines).encode()
         now = self.age.now()
 
@@ -617,6 +627,10 @@ class Spool:
             with _transaction(db):
                 if lines:
                     self._insert_chunk(target, now, len(lines), body)
+                for table in ("agg_series", "agg_windows"):
+                    db.executemany(
+                        f"DELETE FROM {table} WHERE aggregation=? AND series=?", rows.evicted
+                    )
                 db.executemany("INSERT OR REPLACE INTO agg_series VALUES (?,?,?,?)", rows.series)
                 db.executemany("INSERT OR REPLACE INTO agg_windows VALUES (?,?,?,?)", rows.windows)
                 db.executemany(
@@ -624,6 +638,7 @@ class Spool:
                     rows.removed,
                 )
                 self._advance_cursor(consumer, source, pos)
+            self.state_bytes = state_bytes
             if lines:
                 self._count_appended(target, len(lines), len(body), now)
 

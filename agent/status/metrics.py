@@ -169,6 +169,26 @@ class Metrics:
             ["aggregation"],
             registry=r,
         )
+        self.aggregate_series = Gauge(
+            "edge_aggregate_series",
+            "Series an aggregation holds (open windows, or a clock and final mark): at most "
+            "its max_series",
+            ["aggregation"],
+            registry=r,
+        )
+        self.series_evicted = Counter(
+            "edge_aggregate_series_evicted",
+            "Series forgotten to stay within max_series (their dirty windows emitted first)",
+            ["aggregation"],
+            registry=r,
+        )
+        self.aggregate_state_bytes = Gauge(
+            "edge_aggregate_state_bytes",
+            "Estimated bytes of an aggregation's checkpointed state in the spool, counted by "
+            "the spool's max_size beside edge_spool_bytes",
+            ["aggregation"],
+            registry=r,
+        )
         self.too_late = Counter(
             "edge_aggregate_readings_too_late",
             "Readings left out of an aggregate because their window was final (still sent raw)",
