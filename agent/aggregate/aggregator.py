@@ -31,7 +31,11 @@ READ_BYTES = 4 * 1024 * 1024
 SLICE = 1000  # lines between yields to the event loop, which also runs MQTT intake
 CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints at the least: each one is an fsync
 TICK = 1.0  # how often quiet series are checked for windows to emit
-ROUTE_CACHE = 100_000
+# Routes cached per aggregated series at most (about 270 bytes each): raw series that match no
+# aggregation are cached too, and tags that never repeat must not grow the cache past the bound
+# on the series themselves.
+ROUTES_PER_SERIES = 2
+FIELD_CACHE = 10_000
 RETRY_DELAY = 2.0
 EVICTION_LOG_INTERVAL = 60.0
 
@@ -58,7 +62,7 @@ class _Aggregation:
         for name, value in reading.fields:
             ok = self.field_ok.get(name)
             if ok is None:
-                if len(self.field_ok) >= ROUTE_CACHE:  # field names that never repeat
+                if len(self.field_ok) >= FIELD_CACHE:  # field names that never repeat
                     self.field_ok.clear()
                 ok = self.field_ok[name] = any(fnmatchcase(name, p) for p in self.cfg.fields)
             if ok:
@@ -91,6 +95,7 @@ class Aggregator:
         self._is_live = live
         self._aggs = [_Aggregation.of(c) for c in cfgs]
         self._routes: dict[str, list[tuple[int, str]]] = {}
+        self._route_limit = ROUTES_PER_SERIES * sum(c.max_series for c in cfgs)
         self._live = 0.0
         self._live_at = time.monotonic()
         self._bad_log = RateLimited(60.0)
@@ -189,7 +194,7 @@ class Aggregator:
 
     def _route(self, reading: Reading) -> list[tuple[int, str]]:
         """The aggregations a series belongs to, and its aggregate series text in each."""
-        if len(self._routes) >= ROUTE_CACHE:
+        if len(self._routes) >= self._route_limit:
             self._routes.clear()
         routes: list[tuple[int, str]] = []
         for i, agg in enumerate(self._aggs):

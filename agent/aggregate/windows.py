@@ -26,10 +26,10 @@ aggregate with a partial one; tags that never repeat (a message id) would make a
 reading. When a new series would exceed the bound, a batch of series is **evicted**: first those
 without open windows, least recently heard first, then, to fill the batch, the idlest series
 with open windows, whose dirty windows are emitted first so no reading is lost from the
-aggregates. An evicted series is forgotten: a reading for it starts a new series, and a very
-late one starts a fresh window whose partial aggregate, stamped like the finished one,
-overwrites it at the server. Long-idle final series go first because they are the least likely
-to hear such a reading.
+aggregates. An evicted series is forgotten: a reading for it starts a new series, and one for a
+window already emitted (or final) starts a fresh window whose partial aggregate, stamped like
+the complete one, overwrites it at the server. Long-idle final series go first because they
+are the least likely to hear such a reading.
 """
 
 from __future__ import annotations
@@ -112,9 +112,10 @@ class WindowTable:
     """The open windows of every series of one aggregation, keyed by the output series text
     (escaped measurement and tags, as it starts the aggregate line).
 
-    ``state_bytes`` estimates the checkpoint rows as they stand once the changes taken so far
-    are written, kept up to date as rows come and go rather than counted; ``key_bytes`` is the
-    length of the aggregation key that leads each row."""
+    ``state_bytes`` estimates the bytes of the checkpoint rows once the changes taken so far are
+    written (a new series' clock row counts from its first reading). It is kept up to date as
+    rows come and go, never recounted; ``key_bytes`` is the length of the aggregation key that
+    leads each row."""
 
     def __init__(self, spec: WindowSpec, key_bytes: int = 0) -> None:
         self.spec = spec
@@ -248,7 +249,7 @@ class WindowTable:
     def take_changes(self) -> Changes:
         """The checkpoint rows of everything changed since the last call: the rows of evicted
         series go first, so a series evicted and heard again starts from a clean slate."""
-        out = Changes(evicted=sorted(self.evicted))
+        out = Changes(evicted=list(self.evicted))
         for head, starts in self.changed.items():
             series = self.series[head]
             out.series.append((head, series.clock, series.closed))
