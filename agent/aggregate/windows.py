@@ -248,7 +248,8 @@ class WindowTable:
 
     def take_changes(self) -> Changes:
         """The checkpoint rows of everything changed since the last call: the rows of evicted
-        series go first, so a series evicted and heard again starts from a clean slate."""
+        series go first, so a series evicted and heard again starts from a clean slate. Call
+        ``collect`` first: the windows an eviction emitted must be checkpointed with it."""
         out = Changes(evicted=list(self.evicted))
         for head, starts in self.changed.items():
             series = self.series[head]
