@@ -16,6 +16,8 @@ import base64
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -438,7 +440,6 @@ class CountingClock(IngestClock):
 
 @dataclass
 class Run:
-    case: Case
     clock: CountingClock
     out: Prepared = field(default_factory=Prepared)
     stored: int = 0
@@ -462,7 +463,7 @@ def map_case(case: Case) -> Run:
     clock = CountingClock(NOW - 1, *bounds)
     clock.holding = case.holding
     mapper = Mapper(case.routes, clock, case.max_payload)
-    run = Run(case, clock)
+    run = Run(clock)
     for topic, payload in case.messages:
         out = run.out
         before = (len(out.raw), out.raw_lines, len(out.held), len(out.bad), clock.handed_out)
@@ -604,7 +605,7 @@ def place_held(run: Run, offset: int | None) -> hold.Placed:
             continue
         if marked[:2] == hold.BOOT_STAMPED:
             assert offset is not None
-            low, high = BOOT + offset, BOOT + offset + len(run.out.held)
+            low, high = BOOT + offset, BOOT + offset + clock.handed_out
         elif clock.max_future:
             low, high = NOW - clock.max_past, NOW + clock.max_future
         else:
@@ -743,3 +744,45 @@ def test_a_payload_stamp_equal_to_a_boot_stamp_stays_the_payloads() -> None:
         b"B m,line=l1,sensor=s1 m=0i 5000000000",
         b"W m,line=l1,sensor=s1 m=0i 5000000000",
     ]
+
+
+LOGGED_INTAKE = """
+import sys
+from agent import logs
+from agent.parse.clock import IngestClock
+from agent.parse.payload import MappingRules
+from agent.parse.topic import TopicTemplate
+from agent.source.mapping import Mapper, Prepared, Route
+
+logs.setup(sys.argv[1])
+rules = MappingRules(TopicTemplate("plant/{line}/{measurement}"), "json")
+route = Route(rules, 1, "plant")
+out = Prepared()
+messages = [
+    ("plant/\\udcff/m", b'{"v": 1}'),
+    ("plant/l1/m", b'{"v": 1, "s": "\\\\ud800"}'),
+    ("plant/l1/\\x00\\n\\u2028", b"\\xff\\xfe"),
+    ("\\ud800/\\U0001f600", b"[" * 5000),
+]
+for topic, payload in messages:
+    Mapper([route], IngestClock(), 1 << 20).add(topic, payload, out)
+    Mapper([route, route], IngestClock(), 1 << 20).add(topic, payload, out)
+print(len(out.bad))
+"""
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_the_real_logs_take_whatever_intake_sets_aside(log_format: str) -> None:
+    """Mapper.add logs the messages it sets aside outside its own try: the agent's own logging,
+    to a stderr that is not a terminal and whose locale is ASCII, must take any topic."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "LC_ALL": "C"}
+    done = subprocess.run(
+        [sys.executable, "-c", LOGGED_INTAKE, log_format],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert done.stdout == b"8\n"
+    assert done.stderr.count(b"payload_rejected") == 8
