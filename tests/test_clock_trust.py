@@ -75,13 +75,13 @@ def test_system_mode_trusts_the_wall_clock_as_it_is() -> None:
 
 def test_lines_are_marked_by_where_their_timestamp_came_from() -> None:
     lines = [b"m v=1 7000", b"m v=2 1795000000000000000", b"m v=3 7001"]
-    assert hold.mark(lines, [7000, 7001]) == [
+    assert hold.mark(lines, [True, False, True]) == [
         b"B m v=1 7000",
         b"W m v=2 1795000000000000000",
         b"B m v=3 7001",
     ]
-    assert hold.mark(lines[:1], [7000]) == [b"B m v=1 7000"]
-    assert hold.mark(lines[1:2], []) == [b"W m v=2 1795000000000000000"]
+    assert hold.mark(lines[:1], [True]) == [b"B m v=1 7000"]
+    assert hold.mark(lines[1:2], [False]) == [b"W m v=2 1795000000000000000"]
 
 
 def test_placing_adds_the_offset_at_trust_time_and_checks_payload_stamps() -> None:

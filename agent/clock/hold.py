@@ -36,16 +36,12 @@ def boot_of(stream: str) -> int | None:
     return int(stream[len(PREFIX) :])
 
 
-def mark(lines: Sequence[bytes], issued: Sequence[int]) -> list[bytes]:
-    """One message's lines for the held stream; ``issued``: the boot-clock stamps handed out
-    while mapping it (any other timestamp came from the payload)."""
-    if not issued:
-        return [OWN_STAMP + line for line in lines]
-    if len(issued) == len(lines):
-        return [BOOT_STAMPED + line for line in lines]
-    stamps = {str(ts).encode() for ts in issued}
+def mark(lines: Sequence[bytes], boot_stamped: Sequence[bool]) -> list[bytes]:
+    """One message's lines for the held stream; ``boot_stamped``: for each line, in order,
+    whether the boot clock stamped it (else the timestamp came from the payload)."""
     return [
-        (BOOT_STAMPED if line.rpartition(b" ")[2] in stamps else OWN_STAMP) + line for line in lines
+        (BOOT_STAMPED if boot else OWN_STAMP) + line
+        for line, boot in zip(lines, boot_stamped, strict=True)
     ]
 
 

@@ -56,12 +56,14 @@ class IngestClock:
     in the spool, so a restart never goes below it unless the clock was provably stepped back.
 
     Holding (the wall clock is not confirmed yet): stamps come from the boot clock, which never
-    steps, and each one is remembered in ``issued`` so the source can tell them from payload
-    timestamps; once the wall clock is trusted they are placed on it (agent/clock/hold.py).
-    Payload timestamps are then checked at placing time, against a clock that means something.
+    steps; once the wall clock is trusted they are placed on it (agent/clock/hold.py). Payload
+    timestamps are then checked at placing time, against a clock that means something. Each
+    timestamp handed out (True) or accepted (False) is noted in ``boot_stamped``: a message's
+    lines take one each, in order, so the source tells them apart by position, never by value
+    (a payload may carry the very number the boot clock gave another line).
     """
 
-    __slots__ = ("_held_last", "_last", "holding", "issued", "max_future", "max_past")
+    __slots__ = ("_held_last", "_last", "boot_stamped", "holding", "max_future", "max_past")
 
     def __init__(self, floor_ns: int = 0, max_future: int = 0, max_past: int = 0) -> None:
         self._last = floor_ns
@@ -69,7 +71,7 @@ class IngestClock:
         self.max_future = max_future
         self.max_past = max_past
         self.holding = False
-        self.issued: list[int] = []
+        self.boot_stamped: list[bool] = []
 
     @property
     def last(self) -> int:
@@ -80,7 +82,7 @@ class IngestClock:
         if self.holding:
             stamp = max(boottime_ns(), self._held_last + 1)
             self._held_last = stamp
-            self.issued.append(stamp)
+            self.boot_stamped.append(True)
             return stamp
         now = time.time_ns()
         last = self._last + 1
@@ -89,7 +91,9 @@ class IngestClock:
 
     def accept(self, ts: int) -> int:
         """A payload timestamp, if it lies within the bounds (raises TimestampRejected)."""
-        if not self.holding:
+        if self.holding:
+            self.boot_stamped.append(False)
+        else:
             check_bounds(ts, time.time_ns(), self.max_future, self.max_past)
         return ts
 

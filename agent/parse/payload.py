@@ -4,7 +4,9 @@ Tag precedence: topic captures < the payload's own tags < the gateway's static t
 subscription), so a publisher cannot relabel its readings as another plant's; with
 ``override_tags`` the static tags come first and the topic and payload may override them. An empty
 value counts as absent, so it never hides a lower-precedence tag. Every point leaves with a ns
-timestamp, and a payload's own timestamp must lie within the clock's sanity bounds.
+timestamp, and a payload's own timestamp must lie within the clock's sanity bounds. Each point
+takes its timestamp from the clock, ``next`` or ``accept``, once and in order: that is how a held
+line is known to be boot-stamped (agent/clock/hold.py).
 """
 
 from __future__ import annotations

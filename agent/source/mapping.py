@@ -60,7 +60,7 @@ class Mapper:
             lines = map_message(route.rules, topic, payload, clock, self.max_payload)
             body = encode_lines(lines)
             if clock.holding:
-                out.held.extend(hold.mark(body.split(b"\n"), clock.issued))
+                out.held.extend(hold.mark(body.split(b"\n"), clock.boot_stamped))
             else:
                 out.raw.append(body)
                 out.raw_lines += len(lines)
@@ -71,7 +71,7 @@ class Mapper:
                 log.exception("mapping_failed", topic=topic, payload=payload[:200])
             self._reject(topic, payload, "internal_error", f"{type(exc).__name__}: {exc}", out)
         finally:
-            clock.issued.clear()
+            clock.boot_stamped.clear()
 
     def _route(self, topic: str) -> Route | None:
         if len(self.routes) == 1:
