@@ -10,7 +10,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from agent.aggregate.aggregator import Aggregator
+from agent.aggregate.windows import WindowTable
 from agent.config import AggregationSection
 from agent.parse.lineprotocol import parse_line
 from agent.spool.budget import Budget
@@ -124,4 +127,34 @@ async def test_tags_that_never_repeat_keep_series_rows_and_state_bytes_bounded(
     spool, _, metrics = await start(path)  # a restart restores the count the budget sees
     assert spool.state_bytes == state == gauge(metrics, "edge_aggregate_state_bytes")
     assert gauge(metrics, "edge_aggregate_series") == held
+    await spool.close()
+
+
+async def test_a_line_that_trips_a_bug_is_skipped_not_a_crash_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception of ours on one line used to end the aggregator, and the agent; after the
+    restart its cursor stood before the same line again."""
+    spool, aggregator, metrics = await start(tmp_path / "spool.db")
+    add = WindowTable.add
+
+    def buggy(self: WindowTable, head: str, *args: object) -> bool:
+        if "msg=m000003" in head:
+            raise ZeroDivisionError("a bug")
+        return add(self, head, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(WindowTable, "add", buggy)
+    stop = asyncio.Event()
+    task = asyncio.create_task(aggregator.run(stop))
+    await spool.ingest("raw", raw_lines(0, 10))
+    deadline = time.monotonic() + 10
+    while metrics.registry.get_sample_value("edge_aggregate_lines_skipped_total") != 1:
+        assert time.monotonic() < deadline and not task.done()
+        await asyncio.sleep(0.05)
+    await spool.ingest("raw", raw_lines(10, 10))
+    while (await spool.cursor("aggregator", "raw")).chunk < 3:
+        assert time.monotonic() < deadline and not task.done()
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
     await spool.close()

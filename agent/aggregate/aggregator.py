@@ -176,17 +176,18 @@ class Aggregator:
                     routes = self._routes.get(reading.head)
                     if routes is None:
                         routes = self._route(reading)
+                    for i, head in routes:
+                        fields = self._aggs[i].fields_of(reading)
+                        if not fields:
+                            continue
+                        if self._aggs[i].table.add(head, fields, reading.ts, live):
+                            touched[i].add(head)
+                        else:
+                            too_late[i] += 1
                 except (LineProtocolError, ValueError) as exc:
                     self._bad_line(raw, exc)
-                    continue
-                for i, head in routes:
-                    fields = self._aggs[i].fields_of(reading)
-                    if not fields:
-                        continue
-                    if self._aggs[i].table.add(head, fields, reading.ts, live):
-                        touched[i].add(head)
-                    else:
-                        too_late[i] += 1
+                except Exception as exc:  # a bug must cost one line, not a crash loop on it
+                    self._bad_line(raw, exc, bug=True)
         for agg, count in zip(self._aggs, too_late, strict=True):
             if count:
                 self.metrics.too_late.labels(agg.cfg.name).inc(count)
@@ -280,12 +281,15 @@ class Aggregator:
             await asyncio.sleep(rest)
         await wait_for_data(self.new_data, stop, TICK)
 
-    def _bad_line(self, raw: bytes, exc: Exception) -> None:
+    def _bad_line(self, raw: bytes, exc: Exception, bug: bool = False) -> None:
+        """The line stays in the raw stream (the outputs send it); only its aggregates lack it."""
+        self.metrics.aggregate_skipped.inc()
         suppressed = self._bad_log.allow("bad_line")
         if suppressed is not None:
             log.error(
                 "aggregate_unreadable_line",
-                error=str(exc),
+                error=f"{type(exc).__name__}: {exc}",
                 line=raw[:200].decode(errors="replace"),
                 suppressed_since_last=suppressed,
+                exc_info=exc if bug else None,
             )

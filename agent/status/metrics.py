@@ -189,6 +189,11 @@ class Metrics:
             ["aggregation"],
             registry=r,
         )
+        self.aggregate_skipped = Counter(
+            "edge_aggregate_lines_skipped",
+            "Raw lines the aggregator could not read (still sent raw)",
+            registry=r,
+        )
         self.too_late = Counter(
             "edge_aggregate_readings_too_late",
             "Readings left out of an aggregate because their window was final (still sent raw)",
