@@ -17,6 +17,7 @@ from agent.aggregate.windows import WindowTable
 from agent.config import AggregationSection
 from agent.parse.lineprotocol import parse_line
 from agent.spool.budget import Budget
+from agent.spool.chunks import decode
 from agent.spool.store import Spool
 from agent.status.metrics import Metrics
 
@@ -69,13 +70,13 @@ def aggregated(path: Path) -> int:
     """Readings counted by the aggregates in the spool; no window may be emitted twice."""
     db = sqlite3.connect(path)
     try:
-        bodies = db.execute("SELECT body FROM chunks WHERE stream='aggregates'").fetchall()
+        bodies = db.execute("SELECT body, codec FROM chunks WHERE stream='aggregates'").fetchall()
     finally:
         db.close()
     seen: set[str] = set()
     total = 0
-    for (body,) in bodies:
-        for line in bytes(body).decode().split("\n"):
+    for body, codec in bodies:
+        for line in decode(body, codec).decode().split("\n"):
             assert line not in seen, f"emitted twice: {line}"
             seen.add(line)
             count = parse_line(line).fields["value_count"]
@@ -105,6 +106,7 @@ async def test_tags_that_never_repeat_keep_series_rows_and_state_bytes_bounded(
     for first in range(0, READINGS, BATCH):
         await spool.ingest("raw", raw_lines(first, BATCH))
         await wait_for(caught_up, 30)
+        assert await spool.flush()  # the checkpoints queued so far, written
         assert gauge(metrics, "edge_aggregate_series") <= MAX_SERIES
         series_rows, window_rows = table_rows(path)
         assert series_rows <= MAX_SERIES and window_rows <= MAX_SERIES
@@ -121,6 +123,7 @@ async def test_tags_that_never_repeat_keep_series_rows_and_state_bytes_bounded(
     await wait_for(all_aggregated, 10)
     stop.set()
     await task
+    assert await spool.flush()
     state = spool.state_bytes
     await spool.close()
 

@@ -248,13 +248,14 @@ def test_spool_budget_during_outage_is_exactly_accounted(
     make_agent: AgentFactory,
     policy: str,
 ) -> None:
-    """A 64 KiB spool and the server down: drop_oldest keeps the newest readings and counts
+    """A 16 KiB spool (compressed, about 1,500 readings) and the server down: drop_oldest
+    keeps the newest readings and counts
     every dropped one; block leaves the surplus at the broker and loses nothing."""
     influxdb.create_database("plants")
     agent = make_agent(
         mosquitto.url,
         output_toml("cloud", influxdb.url, "v1", flush_interval="0.1s", retry_max_backoff="0.5s"),
-        extra=f'[spool]\nmax_size = "64KiB"\nwhen_full = "{policy}"\n',
+        extra=f'[spool]\nmax_size = "16KiB"\nwhen_full = "{policy}"\n',
     )
     agent.start()
     influxdb.kill()
@@ -267,7 +268,7 @@ def test_spool_budget_during_outage_is_exactly_accounted(
     else:
         wait_until(lambda: agent.metric("edge_intake_blocked") == 1, 30, "blocking", agent)
         dropped = 0
-    assert agent.metric("edge_spool_bytes") <= 64 * 1024
+    assert agent.metric("edge_spool_bytes") <= 16 * 1024
     influxdb.start()
     kept = n - int(dropped)
     wait_until(lambda: influxdb.count("plants", "temperature") >= kept, 60, "points", agent)

@@ -146,5 +146,10 @@ async def test_a_redelivery_recorded_again_is_erased_by_a_barrier_of_the_live_co
     assert through is not None
     guard.end_barrier(through)
     await commit(spool, guard, [])
-    assert await spool.load_unacked() == {}
+    # The live connection's record is erased; the earlier connection's row (records are one row
+    # per commit) stays a candidate until the first new message purges it, as any unmatched one.
+    assert await spool.load_unacked() == {7: (1, D)}
+    assert not guard.is_redelivery(8, False, E)
+    await commit(spool, guard, [(8, E)])
+    assert await spool.load_unacked() == {8: (guard.connection, E)}
     await spool.close()

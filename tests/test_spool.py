@@ -1,21 +1,36 @@
 """The spool against a real SQLite file: ordering, cursors, deletion, budgets, restarts."""
 
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from agent.source.redelivery import DIGEST_SIZE
 from agent.spool.budget import Budget
+from agent.spool.db import Transaction
 from agent.spool.store import (
     RESERVE_BYTES,
+    Checkpoint,
     Position,
     Records,
     Spool,
     WindowRows,
-    _transaction,
 )
 
 BIG = Budget(max_size=1 << 30, max_age=86400, min_free_disk=0, when_full="drop_oldest")
+
+
+def D(text: bytes) -> bytes:
+    """A digest as the redelivery guard makes them: DIGEST_SIZE bytes."""
+    return text.ljust(DIGEST_SIZE, b"_")
+
+
+async def checkpoint(
+    spool: Spool, pos: Position, lines: list[str], rows: WindowRows, state: int
+) -> None:
+    spool.checkpoint_windows(Checkpoint("aggregator", "raw", pos, "aggregates", lines, rows, state))
+    assert await spool.flush()
 
 
 async def open_spool(path: Path, budget: Budget = BIG) -> Spool:
@@ -95,9 +110,27 @@ async def test_forgotten_consumer_no_longer_pins_data(tmp_path: Path) -> None:
     await spool.close()
 
 
+async def stored_size(tmp_path: Path) -> int:
+    """What one chunk of ``lines(_, 10)`` takes in the spool (compressed): budgets count that."""
+    spool = await open_spool(tmp_path / "probe")
+    await spool.ingest("raw", lines("x", 10))
+    size = spool.stats["raw"].bytes
+    await spool.close()
+    return size
+
+
+async def test_chunks_are_stored_compressed(tmp_path: Path) -> None:
+    spool = await open_spool(tmp_path)
+    await spool.ingest("raw", lines("x", 200))
+    assert spool.stats["raw"].bytes < len("\n".join(lines("x", 200))) / 3
+    await spool.close()
+
+
 async def test_size_budget_drops_oldest_and_counts_unread(tmp_path: Path) -> None:
-    one_chunk = len("\n".join(lines("x", 10)).encode())
-    budget = Budget(max_size=one_chunk * 2, max_age=86400, min_free_disk=0, when_full="drop_oldest")
+    one_chunk = await stored_size(tmp_path)
+    budget = Budget(
+        max_size=one_chunk * 5 // 2, max_age=86400, min_free_disk=0, when_full="drop_oldest"
+    )
     spool = await open_spool(tmp_path, budget)
     await spool.ingest("raw", lines("x", 10))
     await spool.ingest("raw", lines("y", 10))
@@ -110,8 +143,8 @@ async def test_size_budget_drops_oldest_and_counts_unread(tmp_path: Path) -> Non
 
 
 async def test_block_policy_refuses_without_losing(tmp_path: Path) -> None:
-    one_chunk = len("\n".join(lines("x", 10)).encode())
-    budget = Budget(max_size=one_chunk, max_age=86400, min_free_disk=0, when_full="block")
+    one_chunk = await stored_size(tmp_path)
+    budget = Budget(max_size=one_chunk * 3 // 2, max_age=86400, min_free_disk=0, when_full="block")
     spool = await open_spool(tmp_path, budget)
     assert (await spool.ingest("raw", lines("x", 10))).committed
     blocked = await spool.ingest("raw", lines("y", 10))
@@ -125,13 +158,13 @@ async def test_unacked_records_and_meta_survive_restart(tmp_path: Path) -> None:
     spool = await open_spool(tmp_path)
     conn = await spool.next_connection()
     await spool.ingest(
-        "raw", ["m v=1 1"], records=Records(conn, 1, [(5, b"d5"), (6, b"d6")]), clock_floor=99
+        "raw", ["m v=1 1"], records=Records(conn, 1, [(5, D(b"d5")), (6, D(b"d6"))]), clock_floor=99
     )
-    await spool.ingest("raw", ["m v=2 2"], records=Records(conn, 2, [(6, b"e6"), (7, b"d7")]))
+    await spool.ingest("raw", ["m v=2 2"], records=Records(conn, 2, [(6, D(b"e6")), (7, D(b"d7"))]))
     await spool.ingest("raw", [], records=Records(conn, 3, settled_through=1))  # 6 reused: kept
     await spool.close()
     spool = await open_spool(tmp_path)
-    assert await spool.load_unacked() == {6: (conn, b"e6"), 7: (conn, b"d7")}
+    assert await spool.load_unacked() == {6: (conn, D(b"e6")), 7: (conn, D(b"d7"))}
     assert await spool.get_meta("clock_floor") == 99
     assert await spool.next_connection() == conn + 1
     await spool.ingest("raw", [], records=Records(conn + 1, 1, purge_before=conn + 1))
@@ -158,9 +191,7 @@ async def test_window_checkpoint_is_one_transaction_and_survives_a_reopen(tmp_pa
     await spool.ingest("raw", lines("r", 10))
     read = await spool.read("raw", await spool.cursor("aggregator", "raw"), 100, 1 << 20)
     rows = WindowRows([("agg", "m", 59, None)], [("agg", "m", 0, "[true, false, {}]")], [])
-    await spool.checkpoint_windows(
-        "aggregator", "raw", read.end, "aggregates", ["m v=1.0 60"], rows, 100
-    )
+    await checkpoint(spool, read.end, ["m v=1.0 60"], rows, 100)
     await spool.close()
     spool = Spool(tmp_path / "spool.db", BIG, "full")
     await spool.open()
@@ -169,10 +200,10 @@ async def test_window_checkpoint_is_one_transaction_and_survives_a_reopen(tmp_pa
     assert got.lines == [b"m v=1.0 60"]
     assert await spool.load_windows(["agg"]) == rows
     rows.removed.append(("agg", "m", 0))
-    await spool.checkpoint_windows("aggregator", "raw", read.end, "aggregates", [], rows, 50)
+    await checkpoint(spool, read.end, [], rows, 50)
     assert (await spool.load_windows(["agg"])).windows == []
     evicted = WindowRows([], [("agg", "n", 0, "[true, false, {}]")], [], evicted=[("agg", "m")])
-    await spool.checkpoint_windows("aggregator", "raw", read.end, "aggregates", [], evicted, 40)
+    await checkpoint(spool, read.end, [], evicted, 40)
     assert await spool.load_windows(["agg"]) == WindowRows([], evicted.windows, [])
     assert spool.state_bytes == 40
     assert await spool.load_windows(["other"]) == WindowRows([], [], [])  # changed: afresh
@@ -183,8 +214,8 @@ async def test_window_checkpoint_is_one_transaction_and_survives_a_reopen(tmp_pa
 async def test_the_size_budget_counts_the_aggregation_state(tmp_path: Path, policy: str) -> None:
     """A checkpoint that grows the state makes the next raw commit drop the oldest raw chunk,
     or block, as any other data in the spool would."""
-    one_chunk = len("\n".join(lines("x", 10)).encode())
-    budget = Budget(one_chunk * 3, 86400, 0, policy)  # type: ignore[arg-type]
+    one_chunk = await stored_size(tmp_path)
+    budget = Budget(one_chunk * 7 // 2, 86400, 0, policy)  # type: ignore[arg-type]
     spool = Spool(tmp_path / "spool.db", budget, "full")
     await spool.open()
     await spool.register({"aggregator": ["raw"], "out": ["raw"]})
@@ -192,7 +223,7 @@ async def test_the_size_budget_counts_the_aggregation_state(tmp_path: Path, poli
     await spool.ingest("raw", lines("y", 10))
     start = await spool.cursor("aggregator", "raw")
     rows = WindowRows([("agg", "m", 1, None)], [], [])
-    await spool.checkpoint_windows("aggregator", "raw", start, "aggregates", [], rows, one_chunk)
+    await checkpoint(spool, start, [], rows, one_chunk * 3 // 2)
     result = await spool.ingest("raw", lines("z", 10))
     if policy == "block":
         assert not result.committed and result.blocked_reason == "max_size"
@@ -209,11 +240,11 @@ async def test_a_spool_from_before_commit_numbers_opens_and_keeps_its_records(
 ) -> None:
     db = sqlite3.connect(tmp_path / "spool.db")
     db.execute("CREATE TABLE unacked (mid INTEGER PRIMARY KEY, conn INTEGER, digest TEXT)")
-    db.execute("INSERT INTO unacked VALUES (9, 1, 'aa')")
+    db.execute("INSERT INTO unacked VALUES (9, 1, ?)", (D(b"a").hex(),))
     db.commit()
     db.close()
     spool = await open_spool(tmp_path)
-    assert await spool.load_unacked() == {9: (1, b"\xaa")}
+    assert await spool.load_unacked() == {9: (1, D(b"a"))}
     await spool.close()
 
 
@@ -226,10 +257,10 @@ def test_a_commit_that_fails_is_rolled_back_so_the_next_transaction_can_begin(
     db.execute("PRAGMA foreign_keys=ON")
     db.execute("CREATE TABLE p (id INTEGER PRIMARY KEY)")
     db.execute("CREATE TABLE c (p INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)")
-    with pytest.raises(sqlite3.IntegrityError), _transaction(db):
+    with pytest.raises(sqlite3.IntegrityError), Transaction(db):
         db.execute("INSERT INTO c VALUES (7)")  # refused only at COMMIT
     assert not db.in_transaction
-    with _transaction(db):
+    with Transaction(db):
         db.execute("INSERT INTO p VALUES (7)")
     assert db.execute("SELECT count(*) FROM c").fetchone()[0] == 0
 
@@ -242,11 +273,12 @@ async def test_a_spool_keeps_a_reserve_for_drains_and_spends_it_on_a_full_disk(
     assert reserve.stat().st_size == RESERVE_BYTES
     await spool.ingest("raw", lines("x", 10))
     spool.db.execute(f"PRAGMA max_page_count={spool.db.execute('PRAGMA page_count').fetchone()[0]}")
-    full = await spool.ingest("raw", lines("y" * 5000, 100))  # needs new pages: none left
+    noise = [f"m,t={os.urandom(2000).hex()} v=1 {i}" for i in range(100)]
+    full = await spool.ingest("raw", noise)  # needs new pages: none left
     assert not full.committed and "full" in (full.blocked_reason or "")
     assert reserve.exists()  # intake never spends it
-    spool._make_room(release_reserve=True)  # what a drain does when the disk is full
+    spool.database.make_room(release_reserve=True)  # what a drain does when the disk is full
     assert not reserve.exists()
-    spool._free_disk()  # room again (checked at every commit): the reserve comes back
+    spool.database.free_disk(fresh=True)  # room again (checked every second): it comes back
     assert reserve.stat().st_size == RESERVE_BYTES
     await spool.close()

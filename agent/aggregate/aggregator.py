@@ -4,9 +4,7 @@ the aggregates it emits, its window state and its cursor in one spool transactio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ from agent.aggregate.windows import NS, WindowSpec, WindowTable
 from agent.config import AggregationSection
 from agent.logs import RateLimited
 from agent.parse.lineprotocol import LineProtocolError
-from agent.spool.store import Position, Spool, WindowRows, wait_for_data
+from agent.spool.store import Checkpoint, Position, Spool, WindowRows, wait_for_data
 from agent.status.metrics import Metrics
 
 log = structlog.get_logger("edge_agent.aggregate")
@@ -29,14 +27,13 @@ SOURCE, TARGET = "raw", "aggregates"
 READ_LINES = 5000
 READ_BYTES = 4 * 1024 * 1024
 SLICE = 1000  # lines between yields to the event loop, which also runs MQTT intake
-CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints at the least: each one is an fsync
+CHECKPOINT_INTERVAL = 0.5  # seconds between checkpoints at the least
 TICK = 1.0  # how often quiet series are checked for windows to emit
 # Routes cached per aggregated series at most (about 270 bytes each): raw series that match no
 # aggregation are cached too, and tags that never repeat must not grow the cache past the bound
 # on the series themselves.
 ROUTES_PER_SERIES = 2
 FIELD_CACHE = 10_000
-RETRY_DELAY = 2.0
 EVICTION_LOG_INTERVAL = 60.0
 
 
@@ -131,8 +128,7 @@ class Aggregator:
             lines = self._collect(None if full_scan else touched)
             rows = self._changes()
             if result.end != pos or lines or rows:
-                if not await self._checkpoint(stop, result.end, lines, rows):
-                    return
+                self._checkpoint(result.end, lines, rows)
                 last_checkpoint = time.monotonic()
             pos = result.end
             if len(result.lines) < READ_LINES:
@@ -247,32 +243,16 @@ class Aggregator:
             )
             agg.unlogged_evictions = 0
 
-    async def _checkpoint(
-        self,
-        stop: asyncio.Event,
-        end: Position,
-        lines: list[str],
-        rows: WindowRows,
-    ) -> bool:
-        """Retry a failed checkpoint (a full disk, say) until it lands; False if stopped first.
-        The windows in memory are then ahead of the spool, so nothing may move on without it."""
-        while True:
-            try:
-                await self.spool.checkpoint_windows(
-                    CONSUMER, SOURCE, end, TARGET, lines, rows, self._state_bytes()
-                )
-            except sqlite3.OperationalError as exc:
-                log.error("aggregate_checkpoint_failed", error=str(exc), retry_in=RETRY_DELAY)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), RETRY_DELAY)
-                if stop.is_set():
-                    return False
-                continue
-            if lines:
-                self.metrics.committed.labels(TARGET).inc(len(lines))
-            for agg in self._aggs:
-                self._state_metrics(agg)
-            return True
+    def _checkpoint(self, end: Position, lines: list[str], rows: WindowRows) -> None:
+        """Queue the checkpoint: the spool writes it, atomically and in order, with its next
+        transaction (an intake commit, usually), and keeps it queued across a full disk."""
+        self.spool.checkpoint_windows(
+            Checkpoint(CONSUMER, SOURCE, end, TARGET, lines, rows, self._state_bytes())
+        )
+        if lines:
+            self.metrics.committed.labels(TARGET).inc(len(lines))
+        for agg in self._aggs:
+            self._state_metrics(agg)
 
     async def _pause(self, stop: asyncio.Event, last_checkpoint: float) -> None:
         """Wait for new raw lines or the next tick, but not less than the checkpoint interval."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ log = structlog.get_logger("edge_agent.output")
 _SEND_ORDER = ("aggregates", "raw")
 _RETRYABLE = (Action.RETRY, Action.THROTTLE, Action.CONFIG)
 UNREACHABLE_PROBE = 1.0  # seconds between pings while the server gives no answer at all
-DISK_RETRY = 2.0  # seconds between attempts at a cursor or dead-letter write the disk refused
+DISK_RETRY = 2.0  # seconds between attempts at a dead-letter write the disk refused
 
 
 @dataclass(slots=True)
@@ -87,20 +86,18 @@ class Output:
         self.metrics = metrics
         self.healthy = True
         self.problem = ""
-        self.disk_problem = ""  # a cursor or dead-letter write the disk refuses, being retried
+        self.disk_problem = ""  # a dead-letter write the disk refuses, being retried
         self.new_data = asyncio.Event()
         self._streams = [_Stream(s, cfg.max_in_flight) for s in cfg.streams]
         self._gate = Gate(cfg.max_in_flight, full_jitter(cfg.retry_max_backoff))
         self._disk_log = RateLimited(30.0)
         self._no_answer = False  # the last failure got no HTTP answer: probe with pings
-        self._stop = asyncio.Event()
         metrics.output_healthy.labels(self.name).set(1)
 
     # -- reading and dispatch --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch batches of every stream until ``stop``; the caller then calls ``drain``."""
-        self._stop = stop
         async with asyncio.TaskGroup() as group:
             for stream in self._streams:
                 group.create_task(self._dispatch_stream(stream, stop))
@@ -194,22 +191,14 @@ class Output:
         await self._advance(stream)
 
     async def _advance(self, stream: _Stream) -> None:
-        """Move the durable cursor over the finished prefix. A disk that refuses the write (full,
-        read-only) is retried: the cursor must never freeze while later batches succeed, or the
-        spool could free nothing. Once stopping, a cursor left behind only means a resend."""
+        """Move the cursor over the finished prefix; the spool writes it with its next
+        transaction (a full disk only delays it: the spool keeps it queued)."""
         async with stream.cursor_lock:
             last: Position | None = None
             while stream.inflight and stream.inflight[0].done:
                 last = stream.inflight.popleft().end
-            while last is not None:
-                try:
-                    await self.spool.commit_cursor(self.name, stream.name, last)
-                    self.disk_problem = ""
-                    return
-                except sqlite3.Error as exc:
-                    self._disk_problem("cursor_write_failed", str(exc))
-                    if await self._stopped_within(DISK_RETRY):
-                        return
+            if last is not None:
+                self.spool.advance(self.name, stream.name, last)
 
     async def drain(self, grace: float) -> int:
         """Let in-flight writes finish for up to ``grace`` seconds; cancel the rest (their lines
@@ -387,13 +376,6 @@ class Output:
                 suppressed_since_last=suppressed,
                 note="nothing is lost; retrying",
             )
-
-    async def _stopped_within(self, seconds: float) -> bool:
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
 
     async def server_time(self) -> float | None:
         """The server's clock, for the clock watch. Until it confirms the wall clock, readings
