@@ -249,8 +249,8 @@ def test_spool_budget_during_outage_is_exactly_accounted(
     policy: str,
 ) -> None:
     """A 16 KiB spool (compressed, about 1,500 readings) and the server down: drop_oldest
-    keeps the newest readings and counts
-    every dropped one; block leaves the surplus at the broker and loses nothing."""
+    keeps the newest readings and counts every dropped one; block leaves the surplus at the
+    broker and loses nothing."""
     influxdb.create_database("plants")
     agent = make_agent(
         mosquitto.url,
