@@ -163,7 +163,7 @@ class Agent:
                 note="these outputs are no longer configured",
             )
         clock = IngestClock(
-            await self.spool.get_meta("clock_floor"),
+            self.spool.clock_floor,
             max_future=round(cfg.clock.max_future * NS),
             max_past=round(cfg.clock.max_past * NS),
         )

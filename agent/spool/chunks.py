@@ -61,6 +61,7 @@ class Chunks:
         self.stats: dict[str, StreamStats] = {}
         self.appended: dict[str, int] = {}  # lines committed per stream since start
         self.last_id = 0
+        self.floor = 0  # the newest receive stamp any chunk has held (see ``delete``)
         # One compressor for the spool's life: a full flush per chunk resets its dictionary (so
         # every chunk decodes alone) without paying the compressor's setup for every commit.
         self._compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -15)
@@ -72,6 +73,9 @@ class Chunks:
         newest = conn.execute("SELECT max(id) FROM chunks").fetchone()[0]
         kept = conn.execute("SELECT value FROM meta WHERE key='last_chunk'").fetchone()
         self.last_id = max(int(newest or 0), int(kept[0]) if kept else 0, _sequence(conn))
+        stamp = conn.execute("SELECT max(stamp) FROM chunks").fetchone()[0]
+        kept = conn.execute("SELECT value FROM meta WHERE key='clock_floor'").fetchone()
+        self.floor = max(int(stamp or 0), int(kept[0]) if kept else 0)
         self.reload_stats()
 
     def reload_stats(self) -> None:
@@ -85,13 +89,29 @@ class Chunks:
     def encode(self, body: Body) -> bytes:
         return self._compressor.compress(body.data) + self._compressor.flush(zlib.Z_FULL_FLUSH)
 
-    def insert(self, stream: str, now: float, body: Body, stored: bytes) -> int:
+    def insert(
+        self, stream: str, now: float, body: Body, stored: bytes, stamp: int | None = None
+    ) -> int:
+        """``stamp``: the newest receive stamp in the chunk. The ingest clock's floor rides in
+        the row written anyway, not in a page of its own per commit."""
         self.last_id += 1
         self.db.conn.execute(
-            "INSERT INTO chunks(id, stream, created, lines, bytes, body, codec, stored) "
-            "VALUES (?,?,?,?,?,?,?,?)",
-            (self.last_id, stream, now, body.lines, len(body.data), stored, DEFLATE, len(stored)),
+            "INSERT INTO chunks(id, stream, created, lines, bytes, body, codec, stored, stamp) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                self.last_id,
+                stream,
+                now,
+                body.lines,
+                len(body.data),
+                stored,
+                DEFLATE,
+                len(stored),
+                stamp,
+            ),
         )
+        if stamp is not None:
+            self.floor = max(self.floor, stamp)
         return len(stored)
 
     def appended_to(self, stream: str, lines: int, stored: int, now: float) -> None:
@@ -107,11 +127,18 @@ class Chunks:
         """Delete matching chunks of ``stream``; returns their (id, lines)."""
         conn = self.db.conn
         rows = conn.execute(
-            f"SELECT id, lines, coalesce(stored, bytes) FROM chunks WHERE stream=? AND {where}",
+            "SELECT id, lines, coalesce(stored, bytes), coalesce(stamp, 0) "
+            f"FROM chunks WHERE stream=? AND {where}",
             (stream, *args),
         ).fetchall()
         if not rows:
             return []
+        if max(r[3] for r in rows) >= self.floor > 0:  # the floor's row goes: keep the floor
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES('clock_floor', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (self.floor,),
+            )
         conn.execute(f"DELETE FROM chunks WHERE stream=? AND {where}", (stream, *args))
         stats = self.stats.setdefault(stream, StreamStats())
         stats.lines -= sum(r[1] for r in rows)

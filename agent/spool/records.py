@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.source.redelivery import DIGEST_SIZE
-from agent.spool.db import Database, pack_records
+from agent.spool.db import Database, ack_key, pack_records
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,23 +32,23 @@ def write(db: Database, records: Records) -> None:
     processed) appears in a later commit's row too; the later one wins at load."""
     conn = db.conn
     if records.purge_before is not None:
-        conn.execute("DELETE FROM acks WHERE conn < ?", (records.purge_before,))
+        conn.execute("DELETE FROM acks WHERE key < ?", (ack_key(records.purge_before, 0),))
     if records.settled_through is not None:
         conn.execute(
-            "DELETE FROM acks WHERE conn = ? AND seq <= ?",
-            (records.connection, records.settled_through),
+            "DELETE FROM acks WHERE key BETWEEN ? AND ?",
+            (ack_key(records.connection, 0), ack_key(records.connection, records.settled_through)),
         )
     if records.new:
         conn.execute(
-            "INSERT OR REPLACE INTO acks VALUES (?, ?, ?, ?)",
-            (records.connection, records.commit, *pack_records(list(records.new))),
+            "INSERT OR REPLACE INTO acks VALUES (?, ?, ?)",
+            (ack_key(records.connection, records.commit), *pack_records(list(records.new))),
         )
 
 
 def load(db: Database) -> dict[int, tuple[int, bytes]]:
     """Every record: packet id -> (connection, digest), the newest commit's for each id."""
     out: dict[int, tuple[int, bytes]] = {}
-    rows = db.conn.execute("SELECT conn, mids, digests FROM acks ORDER BY conn, seq")
+    rows = db.conn.execute("SELECT key >> 32, mids, digests FROM acks ORDER BY key")
     for conn, mids, digests in rows:
         for i in range(len(mids) // 2):
             mid = int.from_bytes(mids[2 * i : 2 * i + 2], "little")

@@ -156,6 +156,11 @@ class Spool:
 
     # -- meta ------------------------------------------------------------------------------------
 
+    @property
+    def clock_floor(self) -> int:
+        """The newest receive stamp the spool has held: the ingest clock never goes below it."""
+        return self.chunks.floor
+
     async def get_meta(self, key: str, default: int = 0) -> int:
         return await self.database.run(meta.get, self.database, key, default)
 
@@ -232,8 +237,9 @@ class Spool:
         clock_floor: int | None = None,
     ) -> IngestResult:
         """One group commit: a chunk per stream, the redelivery records of the messages they came
-        from and the erasure of those now settled at the broker, the clock floor, and the side
-        writes queued. A disk that is full or gone read-only blocks it (nothing written, nothing
+        from and the erasure of those now settled at the broker, the clock floor (the newest
+        receive stamp in the raw lines), and the side writes queued. A disk that is full or gone
+        read-only blocks it (nothing written, nothing
         to acknowledge), but side writes still go through: they free space."""
         bodies = {stream: body for stream, body in bodies.items() if body.lines}
         side = self._take_side()
@@ -339,12 +345,11 @@ class Spool:
                 drops = tuple(self._drop_chunk(cid, reason) for cid, reason in plan.drop)
             if plan is None or plan.blocked_reason is None:
                 for stream, (body, stored) in encoded.items():
-                    self.chunks.insert(stream, now, body, stored)
+                    stamp = floor if stream == "raw" else None
+                    self.chunks.insert(stream, now, body, stored, stamp)
                     added.append((stream, body.lines, len(stored)))
                 if new_records is not None:
                     records.write(self.database, new_records)
-                if floor is not None:
-                    meta.put(self.database, {"clock_floor": floor})
             self.cursors.write(moves)
         for stream, lines, size in added:
             self.chunks.appended_to(stream, lines, size, now)
