@@ -179,7 +179,6 @@ class Agent:
                 DeadLetters(data / "dead-letters" / f"{out_cfg.name}.jsonl"),
                 self.metrics,
             )
-            self.spool.listen(output.new_data)
             self.outputs.append(output)
         clock_watch = ClockWatch(
             self.trust,

@@ -60,7 +60,6 @@ class Rig:
         self.output = Output(
             self.cfg, self.spool, Writer(self.cfg, self.session), self.dead, self.metrics
         )
-        self.spool.listen(self.output.new_data)
         self.task = asyncio.create_task(self.output.run(self.stop))
         return self
 

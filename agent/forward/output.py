@@ -23,7 +23,7 @@ from agent.forward.classify import Action, Outcome
 from agent.forward.gate import Gate, Priority, Ticket, full_jitter
 from agent.forward.http import Writer, encode_body
 from agent.logs import RateLimited
-from agent.spool.store import Position, Spool, wait_for_data
+from agent.spool.store import Position, Spool
 from agent.status.metrics import Metrics
 
 log = structlog.get_logger("edge_agent.output")
@@ -87,7 +87,6 @@ class Output:
         self.healthy = True
         self.problem = ""
         self.disk_problem = ""  # a dead-letter write the disk refuses, being retried
-        self.new_data = asyncio.Event()
         self._streams = [_Stream(s, cfg.max_in_flight) for s in cfg.streams]
         self._gate = Gate(cfg.max_in_flight, full_jitter(cfg.retry_max_backoff))
         self._disk_log = RateLimited(30.0)
@@ -157,17 +156,10 @@ class Output:
     ) -> None:
         """Sleep until the deadline, or until ``missing`` more lines were committed to ``stream``
         since the count was ``baseline`` (counted, not re-read: re-reading a growing partial
-        batch on every commit is quadratic). The count is checked after clearing the shared
-        event, so a commit seen by another stream's dispatcher first is not missed."""
-        while not stop.is_set():
-            self.new_data.clear()
-            if self.spool.appended.get(stream, 0) - baseline >= missing:
-                return
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                return
-            if not await wait_for_data(self.new_data, stop, timeout):
-                return
+        batch on every commit is quadratic)."""
+        timeout = deadline - time.monotonic()
+        if timeout > 0 and not stop.is_set():
+            await self.spool.wait_appended(stream, baseline + missing, stop, timeout)
 
     def _dispatch(self, stream: _Stream, lines: list[bytes], end: Position) -> None:
         batch = _Batch(end)

@@ -33,15 +33,22 @@ _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id
 
 
 class Intake:
-    """Manual PUBACK, and a socket reader the source can pause.
+    """Manual PUBACK, and a socket reader the source can pause and rest.
 
     Pausing matters because a broker may send more than the Receive Maximum we announced
     (mosquitto 2.0.11 stops counting after the first PUBACK): with the reader paused, TCP flow
     control makes the broker keep the surplus, instead of our memory.
+
+    Resting matters at a steady rate. Messages then arrive one by one, and a wakeup of the event
+    loop per message costs more than the message itself; but a group commit lingers anyway, so
+    the reader may rest while it does (``rest_for`` says how long) and read what piled up in the
+    socket in one go. The commit drains the socket first, so no message waits longer for it.
     """
 
-    def __init__(self, client: paho.Client) -> None:
+    def __init__(self, client: paho.Client, rest_for: Callable[[], float]) -> None:
         self._client = client
+        self._rest_for = rest_for
+        self._resting: asyncio.TimerHandle | None = None
         self.paused = False
 
     def ack(self, mid: int, qos: int) -> None:
@@ -61,7 +68,11 @@ class Intake:
         if self.paused or sock is None:
             return
         self.paused = True
-        asyncio.get_running_loop().remove_reader(sock.fileno())
+        if self._resting is not None:
+            self._resting.cancel()
+            self._resting = None
+        else:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
 
     def resume(self) -> None:
         sock = self._client.socket()
@@ -69,6 +80,34 @@ class Intake:
             return
         self.paused = False
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+
+    def after_read(self) -> None:
+        """Rest the reader if the source says so (see the class docstring)."""
+        if self.paused or self._resting is not None:
+            return
+        delay = self._rest_for()
+        sock = self._client.socket()
+        if delay <= 0 or sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        self._resting = loop.call_later(delay, self.wake)
+
+    def wake(self) -> None:
+        """End a rest: read again as messages come."""
+        if self._resting is None:
+            return
+        self._resting.cancel()
+        self._resting = None
+        sock = self._client.socket()
+        if not self.paused and sock is not None:
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+
+    def drain(self) -> None:
+        """Read now whatever the socket holds: a commit is due (and the reader may have rested
+        until this very moment)."""
+        if not self.paused:
+            self._readable()
 
     def _readable(self) -> None:
         """The same work as aiomqtt's own reader, which ``pause`` removed."""
@@ -91,7 +130,11 @@ class _NoTopicCallbacks(MQTTMatcher):
         return iter(())
 
 
-def attach(client: aiomqtt.Client, deliver: Callable[[Received], None]) -> Intake:
+def attach(
+    client: aiomqtt.Client,
+    deliver: Callable[[Received], None],
+    rest_for: Callable[[], float] = lambda: 0.0,
+) -> Intake:
     """Route raw paho messages to ``deliver`` and switch off paho's automatic acknowledgement.
 
     Must be called before the client connects: a persistent session's queued messages arrive
@@ -101,7 +144,7 @@ def attach(client: aiomqtt.Client, deliver: Callable[[Received], None]) -> Intak
     inner: paho.Client = client._client  # aiomqtt's wrapped paho client
     inner.manual_ack_set(True)
     inner._on_message_filtered = _NoTopicCallbacks()  # type: ignore[no-untyped-call]
-    intake = Intake(inner)
+    intake = Intake(inner, rest_for)
     delivered = [0]
 
     def on_message(_client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
@@ -133,6 +176,7 @@ def _draining(
             rc = loop_read()
             if delivered[0] == before:
                 break
+        intake.after_read()
         return rc
 
     return loop_read_many

@@ -168,7 +168,7 @@ class MqttSource:
         self.guard.start_connection(connection, await self.spool.load_unacked())
         self._buffer.clear()
         client = self._client()
-        intake = self._intake = attach(client, self._deliver)
+        intake = self._intake = attach(client, self._deliver, self._rest_for)
         async with client:
             for route in self.mapper.routes:
                 await client.subscribe(route.rules.template.filter, qos=route.qos)
@@ -215,9 +215,11 @@ class MqttSource:
                 await self._ready.wait()
                 self._ready.clear()
                 continue
+            intake.drain()  # what piled up in the socket while the reader rested belongs here
             batch = buffer[: self.max_commit_batch]
             del buffer[: self.max_commit_batch]
             self._cancel_timer()
+            intake.wake()
             if buffer:  # a burst: the rest is due at once
                 self._first_at = -self.commit_interval
                 self._ready.set()
@@ -228,6 +230,20 @@ class MqttSource:
             if stopping.done():
                 # Intake stops here: whatever arrives now stays unacknowledged at the broker.
                 return
+
+    def _rest_for(self) -> float:
+        """How long the socket reader may rest after a read: until the commit is due, but short
+        enough at a high rate that what piles up stays a fraction of ``_enough`` (and so of the
+        broker's window)."""
+        buffer = self._buffer
+        if not buffer:
+            return 0.0
+        now = time.monotonic()
+        due = self._first_at + self.commit_interval - now
+        if due <= 0 or len(buffer) >= self._enough:
+            return 0.0
+        rate = len(buffer) / max(now - self._first_at, 0.001)
+        return min(due, self._enough / 4 / rate)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

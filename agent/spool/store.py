@@ -96,6 +96,7 @@ class Spool:
         # counts them: set on restore and by every checkpoint, counted by the size budget.
         self.state_bytes = 0
         self._listeners: list[asyncio.Event] = []
+        self._waiting: list[tuple[str, int, asyncio.Event]] = []
         self._checkpoints: list[Checkpoint] = []
         self._side_busy = False  # one transaction at a time carries side writes, in order
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -216,6 +217,22 @@ class Spool:
     def listen(self, event: asyncio.Event) -> None:
         """Have ``event`` set after every commit that adds lines."""
         self._listeners.append(event)
+
+    async def wait_appended(
+        self, stream: str, target: int, stop: asyncio.Event, seconds: float
+    ) -> bool:
+        """Until ``appended[stream]`` reaches ``target`` (True), or ``stop`` is set or ``seconds``
+        pass. Woken only then, not at every commit: an output filling a batch at a steady stream
+        would otherwise wake for each of ten commits a second to count and sleep again."""
+        if self.appended.get(stream, 0) >= target:
+            return True
+        entry = (stream, target, asyncio.Event())
+        self._waiting.append(entry)
+        try:
+            await wait_for_data(entry[2], stop, seconds)
+        finally:
+            self._waiting.remove(entry)
+        return self.appended.get(stream, 0) >= target
 
     async def ingest(
         self,
@@ -439,6 +456,9 @@ class Spool:
     def _notify(self) -> None:
         for event in self._listeners:
             event.set()
+        for stream, target, event in self._waiting:
+            if self.appended.get(stream, 0) >= target:
+                event.set()
 
 
 async def wait_for_data(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> bool:
