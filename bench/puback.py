@@ -27,8 +27,11 @@ Packet = tuple[float, bool, int, int]  # epoch time, sent by the broker, MQTT ty
 
 @dataclass(frozen=True)
 class Latency:
-    """PUBACK minus PUBLISH for the PUBLISHes sent within a window."""
+    """PUBACK minus PUBLISH for the PUBLISHes sent within a window. ``publishes`` counts them:
+    the readings the consumer was handed in the window, the same way for every consumer and
+    not in steps of a commit."""
 
+    publishes: int
     p50_ms: float | None
     p99_ms: float | None
     matched: int
@@ -91,11 +94,12 @@ def puback_latency(packets: Iterator[Packet], w0: float, w1: float, dropped: int
     the same packet id (an id is reused once acknowledged)."""
     sent: dict[int, float] = {}
     waits: list[float] = []
-    most = 0
+    most = publishes = 0
     for when, from_broker, kind, mid in packets:
         if from_broker and kind == PUBLISH:
             sent[mid] = when
             if w0 <= when <= w1:
+                publishes += 1
                 most = max(most, len(sent))
         elif not from_broker and kind == PUBACK and mid in sent:
             published = sent.pop(mid)
@@ -103,6 +107,7 @@ def puback_latency(packets: Iterator[Packet], w0: float, w1: float, dropped: int
                 waits.append(when - published)
     unanswered = sum(1 for when in sent.values() if w0 <= when <= w1)
     if len(waits) < 2:
-        return Latency(None, None, len(waits), unanswered, most, dropped)
+        return Latency(publishes, None, None, len(waits), unanswered, most, dropped)
     cuts = statistics.quantiles(waits, n=100, method="inclusive")
-    return Latency(1000 * cuts[49], 1000 * cuts[98], len(waits), unanswered, most, dropped)
+    p50, p99 = 1000 * cuts[49], 1000 * cuts[98]
+    return Latency(publishes, p50, p99, len(waits), unanswered, most, dropped)

@@ -23,6 +23,7 @@ def test_each_publish_meets_the_next_puback_of_its_id_also_when_ids_are_reused()
         (10.050, False, PUBACK, 1),
     ]
     got = puback_latency(iter(packets), 9.0, 11.0, dropped=0)
+    assert got.publishes == 3
     assert got.matched == 3
     assert got.unanswered == 0
     assert got.max_in_flight == 2
@@ -42,6 +43,7 @@ def test_only_publishes_inside_the_window_count_and_unanswered_ones_are_reported
         (4.0, True, PUBLISH, 5),  # after the window
     ]
     got = puback_latency(iter(packets), 1.5, 3.0, dropped=None)
+    assert got.publishes == 3  # ids 2, 3 and 4
     assert got.matched == 2
     assert got.unanswered == 1  # id 4
     assert got.max_in_flight == 2
