@@ -2,7 +2,8 @@
 
 Whatever the agent does per message (parse, commit, forward) comes on top of this, so its rate
 and CPU per message are the yardstick. It prints ``connected <t>`` and ``done <t>`` (t from
-``time.monotonic()``, comparable across processes on Linux) and its final count on SIGTERM.
+``time.monotonic()``, comparable across processes on Linux), ``seen <n> <t>`` on SIGUSR1 (for a
+measured window of a steady stream, bench/steady.py) and its final count on SIGTERM.
 """
 
 from __future__ import annotations
@@ -52,12 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         if count == args.expect:
             print(f"done {time.monotonic():.6f}", flush=True)
 
+    def on_usr1(_signum: int, _frame: Any) -> None:
+        print(f"seen {count} {time.monotonic():.6f}", flush=True)
+
     client = paho.Client(
         CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=paho.MQTTv5
     )
     client.on_connect = on_connect
     client.on_message = on_message
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop: KeyboardInterrupt
+    signal.signal(signal.SIGUSR1, on_usr1)
     parts = urlsplit(args.url)
     client.connect(
         parts.hostname or "127.0.0.1",
