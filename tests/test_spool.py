@@ -1,5 +1,6 @@
 """The spool against a real SQLite file: ordering, cursors, deletion, budgets, restarts."""
 
+import gzip
 import os
 import sqlite3
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 from agent.source.redelivery import DIGEST_SIZE
 from agent.spool.budget import Budget
 from agent.spool.db import Transaction
+from agent.spool.deflate import gzip_member
 from agent.spool.store import (
     RESERVE_BYTES,
     Checkpoint,
@@ -298,4 +300,26 @@ async def test_a_small_spool_with_large_pages_is_rebuilt_with_small_ones(tmp_pat
     assert spool.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     got, _ = await read_all(spool, await spool.cursor("a", "raw"))
     assert len(got) == 10
+    await spool.close()
+
+
+async def test_batches_take_whole_stored_chunks_and_cut_only_where_they_must(
+    tmp_path: Path,
+) -> None:
+    spool = await open_spool(tmp_path)
+    for k in range(4):
+        await spool.ingest("raw", lines(str(k), 10))
+    start = await spool.cursor("a", "raw")
+    whole = await spool.read_batch("raw", start, 25, 1 << 20)
+    assert whole.count == 20 and len(whole.segments) == 2  # a third chunk would not fit
+    assert whole.lines() == [x.encode() for k in range(2) for x in lines(str(k), 10)]
+    assert gzip.decompress(gzip_member(whole.segments)) == b"".join(
+        x.encode() + b"\n" for k in range(2) for x in lines(str(k), 10)
+    )
+    inside = await spool.read_batch("raw", Position(whole.end.chunk, 4), 1000, 1 << 20)
+    assert inside.count == 16 and inside.lines()[0] == b"m,t=2 v=4 4"
+    tiny = await spool.read_batch("raw", start, 3, 1 << 20)  # one chunk is more than a batch
+    assert tiny.count == 3 and tiny.end == Position(start.chunk, 3)
+    rest = await spool.read_batch("raw", tiny.end, 1000, 1 << 20)
+    assert rest.count == 37
     await spool.close()

@@ -15,6 +15,8 @@ import aiohttp
 
 from agent.config import OutputSection
 from agent.forward.classify import Outcome, classify, failure, tls_failure
+from agent.spool.chunks import Batch
+from agent.spool.deflate import gzip_member
 
 GZIP_OFF_LOOP = 128 * 1024
 # One compression thread for all outputs: each extra thread costs its own malloc arena.
@@ -88,6 +90,14 @@ async def encode_body(lines: list[bytes], level: int) -> bytes:
             _GZIP_THREAD, functools.partial(gzip.compress, body, level, mtime=0)
         )
     return gzip.compress(body, level, mtime=0)
+
+
+def encode_batch(batch: Batch, level: int) -> bytes:
+    """A batch read from the spool as a request body: its stored segments laid end to end in one
+    gzip member (nothing compressed again), or plain text when ``level`` is 0."""
+    if level == 0:
+        return batch.text()
+    return gzip_member(batch.segments)
 
 
 def tls_problem(exc: aiohttp.ClientSSLError) -> str:

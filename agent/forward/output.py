@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -21,9 +22,9 @@ from agent.config import OutputSection
 from agent.deadletter import DeadLetters, line_record
 from agent.forward.classify import Action, Outcome
 from agent.forward.gate import Gate, Priority, Ticket, full_jitter
-from agent.forward.http import Writer, encode_body
+from agent.forward.http import Writer, encode_batch, encode_body
 from agent.logs import RateLimited
-from agent.spool.store import Position, Spool
+from agent.spool.store import Batch, Position, Spool
 from agent.status.metrics import Metrics
 
 log = structlog.get_logger("edge_agent.output")
@@ -107,10 +108,10 @@ class Output:
         while not stop.is_set():
             generation = self.spool.drop_generation
             appended = self.spool.appended.get(stream.name, 0)
-            batch = await self.spool.read(
+            batch = await self.spool.read_batch(
                 stream.name, head, self.cfg.batch_size, self.cfg.batch_bytes
             )
-            if not batch.lines:
+            if not batch.count:
                 head = batch.end
                 partial_since = None
                 deadline = time.monotonic() + self.cfg.flush_interval
@@ -118,7 +119,7 @@ class Output:
                 continue
             if partial_since is None:
                 partial_since = time.monotonic()
-            full = len(batch.lines) >= self.cfg.batch_size or batch.bytes >= self.cfg.batch_bytes
+            full = batch.count >= self.cfg.batch_size or batch.size >= self.cfg.batch_bytes
             deadline = partial_since + self.cfg.flush_interval
             if full or time.monotonic() >= deadline:
                 if not await self._take_slot(stream.pending, stop):
@@ -131,9 +132,9 @@ class Output:
                 head = batch.end
                 self.spool.read_heads[(self.name, stream.name)] = batch.end
                 partial_since = None
-                self._dispatch(stream, batch.lines, batch.end)
+                self._dispatch(stream, batch)
                 continue
-            missing = self.cfg.batch_size - len(batch.lines)
+            missing = self.cfg.batch_size - batch.count
             await self._wait_for_data(stop, stream.name, appended, missing, deadline)
 
     async def _take_slot(self, slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
@@ -161,19 +162,26 @@ class Output:
         if timeout > 0 and not stop.is_set():
             await self.spool.wait_appended(stream, baseline + missing, stop, timeout)
 
-    def _dispatch(self, stream: _Stream, lines: list[bytes], end: Position) -> None:
-        batch = _Batch(end)
+    def _dispatch(self, stream: _Stream, read: Batch) -> None:
+        batch = _Batch(read.end)
         stream.inflight.append(batch)
         priority = stream.next_priority()
-        batch.task = asyncio.create_task(self._send_batch(stream, batch, lines, priority))
+        batch.task = asyncio.create_task(self._send_batch(stream, batch, read, priority))
 
     async def _send_batch(
-        self, stream: _Stream, batch: _Batch, lines: list[bytes], priority: Priority
+        self, stream: _Stream, batch: _Batch, read: Batch, priority: Priority
     ) -> None:
+        """The stored segments go out as they are (encode_batch); lines are decoded only if the
+        server refuses the batch and it must be split."""
         began = time.perf_counter()
         refused: list[tuple[bytes, Outcome]] = []
         try:
-            await self._deliver(lines, priority, refused)
+            body = encode_batch(read, self.cfg.gzip_level)
+            answer = await self._post_until_answer(body, priority, read.lines, read.count > 1)
+            if answer[0].action is Action.SUCCESS:
+                self.metrics.lines_sent.labels(self.name).inc(read.count)
+            else:
+                await self._deliver(read.lines(), priority, refused, answer)
         finally:
             stream.pending.release()
         for line, outcome in refused:
@@ -216,12 +224,15 @@ class Output:
         lines: list[bytes],
         priority: Priority,
         refused: list[tuple[bytes, Outcome]],
-        whole: bool = True,
+        answer: tuple[Outcome, _Ends | None] | None = None,
     ) -> None:
         """Deliver every line, or add it to ``refused`` (for dead letters, written once the good
-        lines are through); only returns once nothing is left to retry. ``whole``: a batch as
-        read, not a half of one (see ``_probe_ends``)."""
-        outcome, ends = await self._post_until_answer(lines, priority, whole)
+        lines are through); only returns once nothing is left to retry. ``answer``: what the
+        server said to these very lines, sent whole already."""
+        if answer is None:
+            body = await encode_body(lines, self.cfg.gzip_level)
+            answer = await self._post_until_answer(body, priority, lambda: lines, False)
+        outcome, ends = answer
         if outcome.action is Action.SUCCESS:
             self.metrics.lines_sent.labels(self.name).inc(len(lines))
             return
@@ -236,15 +247,15 @@ class Output:
             refused.append((lines[0], outcome))
             return
         mid = len(lines) // 2
-        await self._deliver(lines[:mid], priority, refused, whole=False)
-        await self._deliver(lines[mid:], priority, refused, whole=False)
+        await self._deliver(lines[:mid], priority, refused)
+        await self._deliver(lines[mid:], priority, refused)
 
     async def _post_until_answer(
-        self, lines: list[bytes], priority: Priority, whole: bool
+        self, body: bytes, priority: Priority, lines: Callable[[], list[bytes]], whole: bool
     ) -> tuple[Outcome, _Ends | None]:
         """POST through the gate until the answer is final for these lines: success, split or
-        bisect. Between attempts the batch waits at the gate, not on a timer of its own."""
-        body = await encode_body(lines, self.cfg.gzip_level)
+        bisect. Between attempts the batch waits at the gate, not on a timer of its own.
+        ``whole``: a batch as read, of more than one line (see ``_probe_ends``)."""
         while True:
             async with self._gate.turn(priority) as ticket:
                 unanswered = await self._unreachable(ticket) if ticket.probe else None
@@ -254,8 +265,8 @@ class Output:
                     continue
                 outcome = await self._post(body)
                 ends = None
-                if outcome.action is Action.BISECT and whole and len(lines) > 1:
-                    ends = await self._probe_ends(lines, outcome)
+                if outcome.action is Action.BISECT and whole:
+                    ends = await self._probe_ends(lines(), outcome)
                     if ends.request_level:
                         outcome, ends = dataclasses.replace(outcome, action=Action.CONFIG), None
                 if outcome.action not in _RETRYABLE:

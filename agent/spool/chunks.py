@@ -1,10 +1,10 @@
 """The queue: chunks of line protocol, one per stream and write.
 
 A chunk is what one group commit wrote to one stream: many lines in one row, so the per-reading
-cost of durability is a memcpy, not a B-tree insert. Its body is compressed (raw deflate), which
-cuts what an SD card is written per reading to a fraction of the line's size; a chunk is
-decompressed whole when read. A consumer's position is (chunk id, line index); ids only grow, so
-a position stays meaningful after the chunks before it are deleted or dropped. A chunk's
+cost of durability is a memcpy, not a B-tree insert. Its body is a compressed segment
+(deflate.py), which cuts what an SD card is written per reading to a fraction of the line's size
+and which an output sends as it is. A consumer's position is (chunk id, line index); ids only
+grow, so a position stays meaningful after the chunks before it are deleted or dropped. A chunk's
 ``created`` is read on the spool's age clock (budget.py), which wall-clock steps cannot move.
 
 Everything here runs on the spool thread, inside the caller's transaction where it writes.
@@ -13,13 +13,14 @@ Everything here runs on the spool thread, inside the caller's transaction where 
 from __future__ import annotations
 
 import sqlite3
-import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.spool.db import Database
+from agent.spool.deflate import Compressor, Segment, inflate
 
-PLAIN, DEFLATE = 0, 1
-LEVEL = 3  # level 3 stores line protocol in about a seventh of its size at ~0.4 µs per line
+# How a body is stored: lines newline-joined (earlier versions), the same deflated (this
+# session's first form), or a segment of newline-terminated lines (deflate.py).
+PLAIN, DEFLATE, SEGMENT = 0, 1, 2
 READ_ROWS = 8  # chunks per query: bodies load whole, and a backlog fetched at once costs MBs
 
 
@@ -55,6 +56,27 @@ class ReadResult:
     bytes: int
 
 
+@dataclass(slots=True)
+class Batch:
+    """What an output sends: whole stored segments where it can (a partial chunk re-encoded),
+    its line count and size, and where the consumer stands once it is delivered. Lines are
+    decoded only if the server refuses the batch and it must be split."""
+
+    segments: list[Segment] = field(default_factory=list)
+    end: Position = Position(0, 0)
+    count: int = 0
+    size: int = 0  # of the lines, uncompressed
+
+    def lines(self) -> list[bytes]:
+        out: list[bytes] = []
+        for segment in self.segments:
+            out.extend(inflate(segment.data).split(b"\n")[:-1])
+        return out
+
+    def text(self) -> bytes:
+        return b"".join(inflate(segment.data) for segment in self.segments)
+
+
 class Chunks:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -62,9 +84,7 @@ class Chunks:
         self.appended: dict[str, int] = {}  # lines committed per stream since start
         self.last_id = 0
         self.floor = 0  # the newest receive stamp any chunk has held (see ``delete``)
-        # One compressor for the spool's life: a full flush per chunk resets its dictionary (so
-        # every chunk decodes alone) without paying the compressor's setup for every commit.
-        self._compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -15)
+        self._compressor = Compressor()  # used on the spool thread only
 
     def load(self) -> None:
         """At open: the stats, and the newest id ever given out (kept in meta once the table
@@ -86,33 +106,34 @@ class Chunks:
         ):
             self.stats[stream] = StreamStats(int(lines), int(size), float(oldest))
 
-    def encode(self, body: Body) -> bytes:
-        return self._compressor.compress(body.data) + self._compressor.flush(zlib.Z_FULL_FLUSH)
+    def encode(self, body: Body) -> Segment:
+        return self._compressor.segment(body.data + b"\n")
 
     def insert(
-        self, stream: str, now: float, body: Body, stored: bytes, stamp: int | None = None
+        self, stream: str, now: float, body: Body, stored: Segment, stamp: int | None = None
     ) -> int:
         """``stamp``: the newest receive stamp in the chunk. The ingest clock's floor rides in
         the row written anyway, not in a page of its own per commit."""
         self.last_id += 1
         self.db.conn.execute(
-            "INSERT INTO chunks(id, stream, created, lines, bytes, body, codec, stored, stamp) "
-            "VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO chunks(id, stream, created, lines, bytes, body, codec, stored, stamp, "
+            "crc) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 self.last_id,
                 stream,
                 now,
                 body.lines,
-                len(body.data),
-                stored,
-                DEFLATE,
-                len(stored),
+                stored.size,
+                stored.data,
+                SEGMENT,
+                len(stored.data),
                 stamp,
+                stored.crc,
             ),
         )
         if stamp is not None:
             self.floor = max(self.floor, stamp)
-        return len(stored)
+        return len(stored.data)
 
     def appended_to(self, stream: str, lines: int, stored: int, now: float) -> None:
         """After the transaction that inserted them committed."""
@@ -197,6 +218,61 @@ class Chunks:
                     return ReadResult(out, pos, size)
         return ReadResult(out, pos, size)
 
+    def read_batch(self, stream: str, start: Position, max_lines: int, max_bytes: int) -> Batch:
+        """Whole chunks from ``start`` while they fit; a chunk is cut (and re-encoded) only where
+        the batch starts inside it, or when a single chunk is more than a batch."""
+        batch = Batch(end=start)
+        pos = start
+        while batch.count < max_lines and batch.size < max_bytes:
+            rows = self.db.conn.execute(
+                "SELECT id, lines, bytes, body, codec, crc FROM chunks WHERE stream=? AND id>=? "
+                f"ORDER BY id LIMIT {READ_ROWS}",
+                (stream, pos.chunk),
+            ).fetchall()
+            if not rows:
+                break
+            for cid, nlines, size, body, codec, crc in rows:
+                first = pos.line if cid == pos.chunk else 0
+                whole = first == 0 and codec == SEGMENT
+                fits = batch.count + nlines <= max_lines and batch.size + size <= max_bytes
+                if whole and fits:
+                    batch.segments.append(Segment(bytes(body), int(crc), int(size)))
+                    batch.count += nlines
+                    batch.size += size
+                    pos = Position(cid + 1, 0)
+                    continue
+                if batch.count and (fits or first == 0):
+                    batch.end = pos
+                    return batch
+                take = self._cut(
+                    batch, decode(body, codec).split(b"\n"), first, max_lines, max_bytes
+                )
+                pos = Position(cid + 1, 0) if take >= nlines else Position(cid, take)
+                batch.end = pos
+                if take < nlines:
+                    return batch
+        batch.end = pos
+        return batch
+
+    def _cut(
+        self, batch: Batch, lines: list[bytes], first: int, max_lines: int, max_bytes: int
+    ) -> int:
+        """Lines ``first``.. of a chunk into the batch, as far as they fit; returns the index
+        after the last one taken (at least one line is taken into an empty batch)."""
+        take = first
+        size = 0
+        while take < len(lines) and batch.count + take - first < max_lines:
+            length = len(lines[take]) + 1
+            if (batch.count or take > first) and batch.size + size + length > max_bytes:
+                break
+            size += length
+            take += 1
+        text = b"".join(line + b"\n" for line in lines[first:take])
+        batch.segments.append(self._compressor.segment(text))
+        batch.count += take - first
+        batch.size += size
+        return take
+
     def backlog(self, stream: str, pos: Position) -> int:
         """Lines in ``stream`` at or after ``pos``."""
         row = self.db.conn.execute(
@@ -210,8 +286,10 @@ class Chunks:
 
 def decode(body: bytes, codec: int) -> bytes:
     """A stored body as the lines it holds, newline-joined."""
+    if codec == SEGMENT:
+        return inflate(body)[:-1]
     if codec == DEFLATE:
-        return zlib.decompressobj(-15).decompress(body)
+        return inflate(body)
     return bytes(body)
 
 

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     body BLOB NOT NULL,
     codec INTEGER NOT NULL DEFAULT 0,
     stored INTEGER,
-    stamp INTEGER
+    stamp INTEGER,
+    crc INTEGER
 );
 CREATE TABLE IF NOT EXISTS cursors (
     consumer TEXT NOT NULL,
@@ -194,6 +195,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE chunks ADD COLUMN codec INTEGER NOT NULL DEFAULT 0")
         db.execute("ALTER TABLE chunks ADD COLUMN stored INTEGER")
         db.execute("ALTER TABLE chunks ADD COLUMN stamp INTEGER")
+    if "crc" not in columns:
+        db.execute("ALTER TABLE chunks ADD COLUMN crc INTEGER")
     db.execute("DROP INDEX IF EXISTS chunks_by_stream")  # one page less written per commit
     old = db.execute("SELECT name FROM sqlite_master WHERE name='unacked'").fetchone()
     if old is None:

@@ -26,13 +26,15 @@ from typing import Literal, TypeVar
 from agent.spool import checkpoints, meta, records
 from agent.spool.budget import AgeClock, Budget, ChunkInfo, DropPlan, plan_drops
 from agent.spool.checkpoints import Checkpoint, WindowRows
-from agent.spool.chunks import Body, Chunks, Position, ReadResult, StreamStats
+from agent.spool.chunks import Batch, Body, Chunks, Position, ReadResult, StreamStats
 from agent.spool.cursors import Cursors, Key
 from agent.spool.db import RESERVE_BYTES, Database, SpoolError, is_full
+from agent.spool.deflate import Segment
 from agent.spool.records import Records
 
 __all__ = [
     "RESERVE_BYTES",
+    "Batch",
     "Body",
     "Checkpoint",
     "Drop",
@@ -285,9 +287,7 @@ class Spool:
             self.chunks.delete(stream, "id = ?", (cid,))
             if not body.lines:
                 return 0
-            stored = self.chunks.encode(body)
-            self.chunks.insert(target, now, body, stored)
-            return len(stored)
+            return self.chunks.insert(target, now, body, self.chunks.encode(body))
 
         size = await self.database.run(self._drain, _move)
         if body.lines:
@@ -301,6 +301,11 @@ class Spool:
         self, stream: str, start: Position, max_lines: int, max_bytes: int
     ) -> ReadResult:
         return await self.database.run(self.chunks.read, stream, start, max_lines, max_bytes)
+
+    async def read_batch(
+        self, stream: str, start: Position, max_lines: int, max_bytes: int
+    ) -> Batch:
+        return await self.database.run(self.chunks.read_batch, stream, start, max_lines, max_bytes)
 
     async def backlog(self, stream: str, pos: Position) -> int:
         """Lines in ``stream`` at or after ``pos``."""
@@ -317,7 +322,7 @@ class Spool:
     ) -> _Written:
         now = self.age.now()
         encoded = {stream: (body, self.chunks.encode(body)) for stream, body in bodies.items()}
-        plan = self._plan(sum(len(s) for _, s in encoded.values()), now) if encoded else None
+        plan = self._plan(sum(len(s.data) for _, s in encoded.values()), now) if encoded else None
         try:
             return self._transaction(encoded, new_records, floor, side, plan, now)
         except sqlite3.Error as exc:
@@ -339,7 +344,7 @@ class Spool:
 
     def _transaction(
         self,
-        encoded: Mapping[str, tuple[Body, bytes]],
+        encoded: Mapping[str, tuple[Body, Segment]],
         new_records: Records | None,
         floor: int | None,
         side: _Side,
@@ -353,9 +358,10 @@ class Spool:
             for checkpoint in side.checkpoints:
                 if checkpoint.lines:
                     body = Body("\n".join(checkpoint.lines).encode(), len(checkpoint.lines))
-                    stored = self.chunks.encode(body)
-                    self.chunks.insert(checkpoint.target, now, body, stored)
-                    added.append((checkpoint.target, body.lines, len(stored)))
+                    size = self.chunks.insert(
+                        checkpoint.target, now, body, self.chunks.encode(body)
+                    )
+                    added.append((checkpoint.target, body.lines, size))
                 checkpoints.write(self.database, checkpoint.rows)
                 moves[(checkpoint.consumer, checkpoint.source)] = checkpoint.pos
             if plan is not None:
@@ -363,8 +369,8 @@ class Spool:
             if plan is None or plan.blocked_reason is None:
                 for stream, (body, stored) in encoded.items():
                     stamp = floor if stream == "raw" else None
-                    self.chunks.insert(stream, now, body, stored, stamp)
-                    added.append((stream, body.lines, len(stored)))
+                    size = self.chunks.insert(stream, now, body, stored, stamp)
+                    added.append((stream, body.lines, size))
                 if new_records is not None:
                     records.write(self.database, new_records)
             self.cursors.write(moves)
