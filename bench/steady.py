@@ -82,12 +82,19 @@ class Profile:
     toml: str
     disk_vs_line: float
     puback_p99_ms: float | None = None
+    env: dict[str, str] = field(default_factory=dict)  # keys of tables the template has
 
 
 # Agent configs to compare: each adds a row per rate and its own target checks.
 PROFILES: dict[str, Profile] = {
     "default": Profile("", disk_vs_line=4.0, puback_p99_ms=250.0),
-    "sd-card": Profile('[spool]\ncommit_interval = "1s"\n', disk_vs_line=1.0),
+    # README's Raspberry Pi / SD-card settings: a commit a second, and a receive window that
+    # lets a second's messages wait for it.
+    "sd-card": Profile(
+        '[spool]\ncommit_interval = "1s"\n',
+        disk_vs_line=1.0,
+        env={"EDGE_MQTT__RECEIVE_MAXIMUM": "4000"},
+    ),
 }
 RATES = (100, 1_000, 5_000)  # msg/s: sensors at 1 Hz
 WARMUP = 5.0  # s before the measured window: connections up, caches warm, clock trusted
@@ -328,6 +335,7 @@ class Agent:
         config: Path,
         status_port: int,
         pinned: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.lab, self.db, self.port = lab, cid, status_port
         lab.influx.create_database(cid)
@@ -337,7 +345,13 @@ class Agent:
         if pinned:
             argv = ["taskset", "-c", PINNED_CPU, *argv]
         with self.log.open("w") as log:
-            self.proc = spawn(stack, argv, stdout=subprocess.DEVNULL, stderr=log)
+            self.proc = spawn(
+                stack,
+                argv,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env={**os.environ, **(env or {})},
+            )
         self.pid = self.proc.pid
         self._wait_connected()
 
@@ -465,7 +479,7 @@ def run_steady(lab: Lab, contender: str, rate: int, profile: str, pinned: bool =
         consumer: Consumer = (
             Bare(stack, lab.broker, cid)
             if contender == "bare"
-            else Agent(stack, lab, cid, config, status_port, pinned)
+            else Agent(stack, lab, cid, config, status_port, pinned, PROFILES[profile].env)
         )
         capture = Capture(stack, lab.broker.port, lab.workdir / f"{cid}.pcapng")
         pacer = Pacer(stack, lab.broker.publish_url, cid, rate, lab.warmup + lab.window + 10)

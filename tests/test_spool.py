@@ -312,6 +312,7 @@ async def test_batches_take_whole_stored_chunks_and_cut_only_where_they_must(
     start = await spool.cursor("a", "raw")
     whole = await spool.read_batch("raw", start, 25, 1 << 20)
     assert whole.count == 20 and len(whole.segments) == 2  # a third chunk would not fit
+    assert whole.full  # so the output sends it now, not after waiting for 5 more lines
     assert whole.lines() == [x.encode() for k in range(2) for x in lines(str(k), 10)]
     assert gzip.decompress(gzip_member(whole.segments)) == b"".join(
         x.encode() + b"\n" for k in range(2) for x in lines(str(k), 10)
@@ -320,6 +321,7 @@ async def test_batches_take_whole_stored_chunks_and_cut_only_where_they_must(
     assert inside.count == 16 and inside.lines()[0] == b"m,t=2 v=4 4"
     tiny = await spool.read_batch("raw", start, 3, 1 << 20)  # one chunk is more than a batch
     assert tiny.count == 3 and tiny.end == Position(start.chunk, 3)
+    assert tiny.full
     rest = await spool.read_batch("raw", tiny.end, 1000, 1 << 20)
-    assert rest.count == 37
+    assert rest.count == 37 and not rest.full
     await spool.close()

@@ -119,7 +119,7 @@ class Output:
                 continue
             if partial_since is None:
                 partial_since = time.monotonic()
-            full = batch.count >= self.cfg.batch_size or batch.size >= self.cfg.batch_bytes
+            full = batch.full
             deadline = partial_since + self.cfg.flush_interval
             if full or time.monotonic() >= deadline:
                 if not await self._take_slot(stream.pending, stop):

@@ -81,9 +81,10 @@ class Intake:
         self.paused = False
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
-    def after_read(self) -> None:
-        """Rest the reader if the source says so (see the class docstring)."""
-        if self.paused or self._resting is not None:
+    def after_read(self, drained: bool) -> None:
+        """Rest the reader if the socket is drained and the source says so (see the class
+        docstring). Not drained (a wakeup's read limit was reached): keep reading."""
+        if not drained or self.paused or self._resting is not None:
             return
         delay = self._rest_for()
         sock = self._client.socket()
@@ -169,14 +170,17 @@ def _draining(
 
     def loop_read_many(max_packets: int = 1) -> MQTTErrorCode:
         rc = loop_read()
+        drained = False
         for _ in range(READS_PER_WAKEUP - 1):
             before = delivered[0]
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or intake.paused:
+                drained = True
                 break
             rc = loop_read()
             if delivered[0] == before:
+                drained = True
                 break
-        intake.after_read()
+        intake.after_read(drained)
         return rc
 
     return loop_read_many

@@ -75,6 +75,7 @@ class MqttSource:
         self._buffer: list[Received] = []
         self._ready = asyncio.Event()
         self._first_at = 0.0
+        self._rate = 0.0  # messages per second over the last batch, for the reader's rests
         self._timer: asyncio.TimerHandle | None = None
         self._blocked_log = RateLimited()
         self._intake: Intake | None = None
@@ -216,6 +217,7 @@ class MqttSource:
                 self._ready.clear()
                 continue
             intake.drain()  # what piled up in the socket while the reader rested belongs here
+            self._rate = len(buffer) / max(time.monotonic() - self._first_at, 0.001)
             batch = buffer[: self.max_commit_batch]
             del buffer[: self.max_commit_batch]
             self._cancel_timer()
@@ -242,8 +244,8 @@ class MqttSource:
         due = self._first_at + self.commit_interval - now
         if due <= 0 or len(buffer) >= self._enough:
             return 0.0
-        rate = len(buffer) / max(now - self._first_at, 0.001)
-        return min(due, self._enough / 4 / rate)
+        rate = max(len(buffer) / max(now - self._first_at, 0.001), self._rate)
+        return min(due, self.commit_interval / 4, self._enough / 4 / rate)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -66,6 +66,7 @@ class Batch:
     end: Position = Position(0, 0)
     count: int = 0
     size: int = 0  # of the lines, uncompressed
+    full: bool = False  # as full as whole chunks allow: more data waits behind it
 
     def lines(self) -> list[bytes]:
         out: list[bytes] = []
@@ -243,6 +244,7 @@ class Chunks:
                     continue
                 if batch.count and (fits or first == 0):
                     batch.end = pos
+                    batch.full = not fits
                     return batch
                 take = self._cut(
                     batch, decode(body, codec).split(b"\n"), first, max_lines, max_bytes
@@ -250,8 +252,10 @@ class Chunks:
                 pos = Position(cid + 1, 0) if take >= nlines else Position(cid, take)
                 batch.end = pos
                 if take < nlines:
+                    batch.full = True
                     return batch
         batch.end = pos
+        batch.full = batch.count >= max_lines or batch.size >= max_bytes
         return batch
 
     def _cut(
