@@ -21,7 +21,7 @@ import structlog
 from agent.config import OutputSection
 from agent.deadletter import DeadLetters, line_record
 from agent.forward.classify import Action, Outcome
-from agent.forward.gate import Gate, Priority, Ticket, full_jitter
+from agent.forward.gate import Gate, Priority, full_jitter
 from agent.forward.http import Writer, encode_batch, encode_body
 from agent.logs import RateLimited
 from agent.spool.store import Batch, Position, Spool
@@ -258,7 +258,7 @@ class Output:
         ``whole``: a batch as read, of more than one line (see ``_probe_ends``)."""
         while True:
             async with self._gate.turn(priority) as ticket:
-                unanswered = await self._unreachable(ticket) if ticket.probe else None
+                unanswered = await self._unreachable() if ticket.probe else None
                 if unanswered is not None:
                     wait = self._gate.failed(ticket, self._wait_after(unanswered))
                     self._retrying(unanswered, wait)
@@ -278,15 +278,19 @@ class Output:
                 wait = self._gate.failed(ticket, self._wait_after(outcome))
             self._retrying(outcome, wait)
 
-    async def _unreachable(self, ticket: Ticket) -> Outcome | None:
+    async def _unreachable(self) -> Outcome | None:
         """Before a probe after answers that never came (refused, DNS, timeout): a ``/ping``,
         not a batch. Every ``UNREACHABLE_PROBE`` seconds, so the backlog starts within a
         couple of seconds of the link returning; a live server that fails (5xx, 429) still
-        gets the backoff. None: the server answers, send the batch."""
+        gets the backoff. None: the server answers, send the batch, and let the others go at
+        once, all in flight: the backlog drains at full speed from the first moment."""
         if not self._no_answer:
             return None
         ping = await self.writer.ping()
         self.metrics.probes.labels(self.name, "answered" if ping.failed is None else "none").inc()
+        if ping.failed is None:
+            self._no_answer = False
+            self._gate.passed()
         return ping.failed
 
     async def _post(self, body: bytes) -> Outcome:
