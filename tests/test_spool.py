@@ -310,13 +310,14 @@ async def test_batches_take_whole_stored_chunks_and_cut_only_where_they_must(
     for k in range(4):
         await spool.ingest("raw", lines(str(k), 10))
     start = await spool.cursor("a", "raw")
-    whole = await spool.read_batch("raw", start, 25, 1 << 20)
-    assert whole.count == 20 and len(whole.segments) == 2  # a third chunk would not fit
-    assert whole.full  # so the output sends it now, not after waiting for 5 more lines
+    whole = await spool.read_batch("raw", start, 20, 1 << 20)
+    assert whole.count == 20 and len(whole.segments) == 2 and whole.full
     assert whole.lines() == [x.encode() for k in range(2) for x in lines(str(k), 10)]
     assert gzip.decompress(gzip_member(whole.segments)) == b"".join(
         x.encode() + b"\n" for k in range(2) for x in lines(str(k), 10)
     )
+    filled = await spool.read_batch("raw", start, 25, 1 << 20)  # cut inside the third chunk
+    assert filled.count == 25 and filled.full and filled.end == Position(start.chunk + 2, 5)
     inside = await spool.read_batch("raw", Position(whole.end.chunk, 4), 1000, 1 << 20)
     assert inside.count == 16 and inside.lines()[0] == b"m,t=2 v=4 4"
     tiny = await spool.read_batch("raw", start, 3, 1 << 20)  # one chunk is more than a batch

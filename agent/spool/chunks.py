@@ -220,8 +220,9 @@ class Chunks:
         return ReadResult(out, pos, size)
 
     def read_batch(self, stream: str, start: Position, max_lines: int, max_bytes: int) -> Batch:
-        """Whole chunks from ``start`` while they fit; a chunk is cut (and re-encoded) only where
-        the batch starts inside it, or when a single chunk is more than a batch."""
+        """Whole chunks from ``start`` while they fit. A chunk is cut (its lines re-encoded) only
+        where the batch starts inside it or fills up in it: a batch holds exactly ``max_lines``
+        when that many wait, as the server's and the operator's numbers expect."""
         batch = Batch(end=start)
         pos = start
         while batch.count < max_lines and batch.size < max_bytes:
@@ -233,6 +234,10 @@ class Chunks:
             if not rows:
                 break
             for cid, nlines, size, body, codec, crc in rows:
+                if batch.count >= max_lines or batch.size >= max_bytes:
+                    batch.end = pos
+                    batch.full = True
+                    return batch
                 first = pos.line if cid == pos.chunk else 0
                 whole = first == 0 and codec == SEGMENT
                 fits = batch.count + nlines <= max_lines and batch.size + size <= max_bytes
@@ -242,10 +247,6 @@ class Chunks:
                     batch.size += size
                     pos = Position(cid + 1, 0)
                     continue
-                if batch.count and (fits or first == 0):
-                    batch.end = pos
-                    batch.full = not fits
-                    return batch
                 take = self._cut(
                     batch, decode(body, codec).split(b"\n"), first, max_lines, max_bytes
                 )
@@ -271,6 +272,8 @@ class Chunks:
                 break
             size += length
             take += 1
+        if take == first:
+            return take
         text = b"".join(line + b"\n" for line in lines[first:take])
         batch.segments.append(self._compressor.segment(text))
         batch.count += take - first

@@ -99,9 +99,22 @@ def booted(
     with rootfs.copy(base, workdir / "machine") as root:
         console = (workdir / "console.log").open("wb")
         nspawn = subprocess.Popen(
-            ["systemd-nspawn", "--register=no", "--keep-unit", "-q", "-D", str(root), "-b",
-             "--console=pipe", *rootfs.pip_env(), *rootfs.pip_binds(), *binds],
-            stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+            [
+                "systemd-nspawn",
+                "--register=no",
+                "--keep-unit",
+                "-q",
+                "-D",
+                str(root),
+                "-b",
+                "--console=pipe",
+                *rootfs.pip_env(),
+                *rootfs.pip_binds(),
+                *binds,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
         )
         try:
             machine = Machine(root, nspawn, _leader(nspawn, timeout))

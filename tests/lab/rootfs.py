@@ -28,9 +28,23 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "rootfs"
 SUITE = "bookworm"
 # What a booted test machine needs besides minbase: systemd as PID 1, a venv for the agent.
-BOOT_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "procps", "ca-certificates")
-PIP_ENV = ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST",
-           "PIP_DEFAULT_TIMEOUT", "PIP_DISABLE_PIP_VERSION_CHECK")
+BOOT_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "python3",
+    "python3-venv",
+    "procps",
+    "ca-certificates",
+)
+PIP_ENV = (
+    "PIP_FIND_LINKS",
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_DEFAULT_TIMEOUT",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+)
 
 
 class LabUnavailable(RuntimeError):
@@ -106,9 +120,18 @@ def build(arch: str = "amd64", include: Sequence[str] = BOOT_PACKAGES) -> Path:
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         subprocess.run(
-            ["debootstrap", f"--arch={arch}", "--variant=minbase",
-             f"--include={','.join(include)}", SUITE, str(partial), host_mirror()],
-            check=True, stdout=subprocess.DEVNULL, timeout=1200,
+            [
+                "debootstrap",
+                f"--arch={arch}",
+                "--variant=minbase",
+                f"--include={','.join(include)}",
+                SUITE,
+                str(partial),
+                host_mirror(),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=1200,
         )
         _copy_host_settings(partial)
         # Package scripts inside must not start services: tests start what they test.
@@ -125,8 +148,9 @@ def copy(base: Path, dest: Path) -> Iterator[Path]:
     """A throw-away copy of ``base`` at ``dest``: hard links where the file system allows
     (files a test rewrites are replaced, not edited in place, by apt, pip and systemd)."""
     try:
-        subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(dest)], check=True,
-                       timeout=600)
+        subprocess.run(
+            ["cp", "-a", "--reflink=auto", str(base), str(dest)], check=True, timeout=600
+        )
         yield dest
     finally:
         shutil.rmtree(dest, ignore_errors=True)
