@@ -30,8 +30,9 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(tools: bool = True) -> argparse.ArgumentParser:
-    """``tools``: also the simulate and demo commands. The agent's own commands leave them out:
-    a long-running agent would only carry their modules and parsers in memory."""
+    """``tools``: also the simulate and demo commands and the operator commands. The agent's own
+    commands leave them out: a long-running agent would only carry their modules and parsers in
+    memory."""
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="Durable MQTT to InfluxDB line-protocol forwarder for edge gateways.",
@@ -42,10 +43,12 @@ def build_parser(tools: bool = True) -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate and print the effective config")
     _config_arg(check)
     if tools:
+        from agent import ops
         from agent.tools import demo, simulate
 
         simulate.add_parser(sub)
         demo.add_parser(sub)
+        ops.add_parsers(sub, _config_arg)
     return parser
 
 
