@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from agent.config import StatusSection
 from agent.ops.render import CannotRun
 
@@ -123,6 +121,8 @@ def ask(base: str, seconds: float = HTTP_SECONDS) -> Live:
 
 
 def parse_metrics(text: str) -> list[Sample]:
+    from prometheus_client.parser import text_string_to_metric_families  # only if it runs
+
     return [
         Sample(s.name, dict(s.labels), float(s.value))
         for family in text_string_to_metric_families(text)

@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.aggregate.aggregator import CONSUMER as AGGREGATOR
-from agent.aggregate.aggregator import SOURCE as AGGREGATOR_SOURCE
 from agent.clock.hold import BOOT_STAMPED, OWN_STAMP
 from agent.clock.hold import PREFIX as HELD
 from agent.config import Config, load_config
@@ -105,9 +103,11 @@ def gather(cfg: Config) -> Result:
 
 def consumers_of(cfg: Config) -> dict[str, list[str]]:
     """Every consumer the agent registers with this config, and the streams it reads."""
+    from agent.aggregate.aggregator import CONSUMER, SOURCE  # the aggregator's imports are heavy
+
     wanted: dict[str, list[str]] = {o.name: list(o.streams) for o in cfg.outputs}
     if cfg.aggregations:
-        wanted[AGGREGATOR] = [AGGREGATOR_SOURCE]
+        wanted[CONSUMER] = [SOURCE]
     return wanted
 
 
