@@ -97,6 +97,13 @@ class Counts:
     without_timestamp: int = 0
     damaged: list[str] = field(default_factory=list)
 
+    def add(self, other: Counts) -> None:
+        self.lines += other.lines
+        self.bytes += other.bytes
+        self.filtered_out += other.filtered_out
+        self.without_timestamp += other.without_timestamp
+        self.damaged += other.damaged
+
 
 def collect(args: argparse.Namespace) -> Result:
     cfg = load_config(args.config)
@@ -149,19 +156,15 @@ def export(
                 "filtered_out": counts.filtered_out,
                 "without_timestamp": counts.without_timestamp,
             }
-            for name in ("lines", "bytes", "filtered_out", "without_timestamp"):
-                setattr(totals, name, getattr(totals, name) + getattr(counts, name))
-            totals.damaged += counts.damaged
+            totals.add(counts)
         problems = [f"{d}: its lines are not in the export" for d in totals.damaged]
         if totals.without_timestamp:
             problems.append(
                 f"{totals.without_timestamp} lines without a timestamp were left out (they "
                 "cannot be imported exactly once); run 'edge-agent spool check'"
             )
-        moved = False
-        if advance and not problems:
-            _settle(sink)
-            moved = _advance(path, output.name, plan)
+        _settle(sink, fsync=advance)
+        moved = advance and not problems and _advance(path, output.name, plan)
     return {
         "ok": not problems,
         "command": "spool export",
@@ -252,12 +255,13 @@ def _data_dir_lock(data_dir: Path) -> Iterator[None]:
         handle.close()
 
 
-def _settle(sink: BinaryIO) -> None:
-    """Before any cursor moves, the lines are out of this process, and on disk if stdout is
-    a file (a pipe has taken them; what it does with them is up to the other end)."""
+def _settle(sink: BinaryIO, fsync: bool) -> None:
+    """The lines out of this process (a reader gone away is found here, not after the summary
+    says all went well) and, before a cursor moves, on disk if stdout is a file (a pipe has
+    taken them; what it does with them is up to the other end)."""
     try:
         sink.flush()
-        if stat.S_ISREG(os.fstat(sink.fileno()).st_mode):
+        if fsync and stat.S_ISREG(os.fstat(sink.fileno()).st_mode):
             os.fsync(sink.fileno())
     except OSError as exc:
         raise CannotRun(f"writing the export failed ({exc}): no cursor moved") from exc
