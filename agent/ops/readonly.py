@@ -160,9 +160,10 @@ class Reader:
             (stream, pos.chunk),
         )[0]
         lines, size = int(counted[0]), int(counted[1])
-        others = self.rows(
-            f"SELECT id FROM chunks WHERE stream=? AND id>=? AND (codec!={SEGMENT} OR id=?)",
-            (stream, pos.chunk, pos.chunk),
+        others = self.rows(  # decoded: legacy chunks, and the one the cursor is inside
+            "SELECT id FROM chunks WHERE stream=? AND id>=? "
+            f"AND (codec!={SEGMENT} OR (id=? AND ?>0))",
+            (stream, pos.chunk, pos.chunk, pos.line),
         )
         for (cid,) in others:
             chunk = next(self.chunks(stream, cid, cid))
@@ -184,6 +185,12 @@ class Reader:
             if skip < len(text):
                 return text[skip]
         return None
+
+
+def start_of(stream: StreamRange | None, last_id: int) -> Position:
+    """Where the agent starts a consumer it registers: the stream's first chunk, or past the
+    newest chunk of an empty stream."""
+    return Position(stream.first if stream else last_id + 1, 0)
 
 
 def require(path: Path) -> None:

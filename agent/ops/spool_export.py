@@ -30,9 +30,8 @@ from typing import IO, Any, BinaryIO
 
 from agent.config import Config, OutputSection, load_config
 from agent.ops import render, running
-from agent.ops.readonly import Reader, require
+from agent.ops.readonly import Reader, require, start_of
 from agent.ops.render import CannotRun, Result, UsageError
-from agent.ops.status import start_of
 from agent.ops.times import line_time, parse_time
 from agent.spool.chunks import Position
 

@@ -19,7 +19,7 @@ from typing import Any
 from agent.clock.hold import PREFIX as HELD
 from agent.config import Config, OutputSection, load_config
 from agent.ops import render, running
-from agent.ops.readonly import Reader, StreamRange
+from agent.ops.readonly import Reader, start_of
 from agent.ops.render import Result
 from agent.ops.times import NS, line_time
 from agent.spool.chunks import Position
@@ -41,12 +41,6 @@ def add_parser(
 
 def collect(args: argparse.Namespace) -> Result:
     return gather(load_config(args.config), time.time())
-
-
-def start_of(stream: StreamRange | None, last_id: int) -> Position:
-    """Where the agent puts a consumer it registers: the stream's first chunk, or past the
-    newest chunk of an empty stream."""
-    return Position(stream.first if stream else last_id + 1, 0)
 
 
 def gather(cfg: Config, now: float) -> Result:

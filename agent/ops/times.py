@@ -54,7 +54,3 @@ def line_time(line: bytes) -> int | None:
     if not digits.isdigit():
         return None
     return int(token)
-
-
-def ns_to_seconds(ns: int) -> float:
-    return ns / NS
