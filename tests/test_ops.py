@@ -135,12 +135,13 @@ def test_line_time_of_every_encoded_line(
 
 
 def test_ago_and_size_read_like_a_person_writes_them() -> None:
-    assert [render.ago(s) for s in (0, 59, 61, 3725, 90061, None)] == [
+    assert [render.ago(s) for s in (0, 59, 61, 3725, 90061, 86430, None)] == [
         "0s",
         "59s",
         "1m 1s",
         "1h 2m",
         "1d 1h",
+        "1d",
         "-",
     ]
     assert [render.size(n) for n in (0, 512, 1536, 5 << 20, 1 << 30)] == [

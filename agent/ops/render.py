@@ -79,18 +79,17 @@ def rfc3339(epoch: float | None) -> str | None:
 
 
 def ago(seconds: float | None) -> str:
-    """ "3d 4h", "12m 5s", "40s": two units at most, for a person reading an age."""
+    """An age for a person, in its largest unit and the next: "3d 4h", "12m 5s", "40s"."""
     if seconds is None:
         return "-"
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
     left = max(0, round(seconds))
-    parts: list[str] = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if left >= size or (unit == "s" and not parts):
-            parts.append(f"{left // size}{unit}")
-            left %= size
-        if len(parts) == 2:
-            break
-    return " ".join(parts)
+    for i, (unit, length) in enumerate(units[:-1]):
+        if left >= length:
+            lower, lower_length = units[i + 1]
+            rest = left % length // lower_length
+            return f"{left // length}{unit}" + (f" {rest}{lower}" if rest else "")
+    return f"{left}s"
 
 
 def size(n: int | None) -> str:
