@@ -75,12 +75,13 @@ def _tighten(path: str, st_mode: int, mode: int) -> None:
 
 def lock_data_dir(data_dir: Path) -> IO[str]:
     """Two agents on one spool would acknowledge each other's messages: refuse the second."""
-    handle = (data_dir / "agent.lock").open("w")
+    handle = (data_dir / "agent.lock").open("a")  # truncated only once won: the pid stays right
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         handle.close()
         raise DataDirLocked(f"{data_dir} is in use by another edge-agent process") from exc
+    handle.truncate(0)
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
