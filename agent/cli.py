@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,7 +47,33 @@ def build_parser(tools: bool = True) -> argparse.ArgumentParser:
 
         simulate.add_parser(sub)
         demo.add_parser(sub)
+        _doctor_parsers(sub)
     return parser
+
+
+def _json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _op(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """An operator command's handler, its module imported only when it runs."""
+    return lambda args: int(getattr(importlib.import_module(module), function)(args))
+
+
+def _doctor_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    doctor = sub.add_parser("doctor", help="check config, broker and outputs; exit 1 on a problem")
+    doctor.set_defaults(handler=_op("agent.ops.doctor", "main"))
+    dead = sub.add_parser("dead-letters", help="list or replay what was set aside")
+    actions = dead.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="dead letters grouped by reason, with samples")
+    listing.add_argument("--output", metavar="NAME", help="only the lines NAME refused")
+    listing.set_defaults(handler=_op("agent.ops.deadletters", "list_main"))
+    replay = actions.add_parser("replay", help="send an output's refused lines again")
+    replay.add_argument("--output", metavar="NAME", required=True)
+    replay.set_defaults(handler=_op("agent.ops.deadletters", "replay_main"))
+    for parser in (doctor, listing, replay):
+        _config_arg(parser)
+        _json_arg(parser)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

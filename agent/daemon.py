@@ -86,24 +86,6 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
-def data_dir_holder(data_dir: Path) -> int | None:
-    """The pid of the agent holding the data dir's lock (0 if it has not written it yet), None
-    when no agent holds it. Opened for reading: the agent's own "w" would truncate the pid.
-    PermissionError: the data dir belongs to the agent's user."""
-    try:
-        handle = (data_dir / "agent.lock").open("r")
-    except FileNotFoundError:
-        return None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = handle.read().strip()
-            return int(pid) if pid.isdigit() else 0
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return None
-
-
 def tune_gc() -> None:
     """Every MQTT message makes paho allocate a dozen containers; with the default thresholds
     the collector ran a pass every few dozen messages and took a third of the CPU (bench:
