@@ -128,7 +128,8 @@ def sources(directory: Path) -> dict[str, list[tuple[Path, int]]]:
             found.setdefault(name.removesuffix(".jsonl.1"), [[], [], []])[1] = [(entry, 0)]
         elif name.endswith(".jsonl"):
             found.setdefault(name.removesuffix(".jsonl"), [[], [], []])[2] = [(entry, 0)]
-    return {owner: [f for kind in kinds for f in kind] for owner, kinds in found.items()}
+    merged = {owner: [f for kind in kinds for f in kind] for owner, kinds in found.items()}
+    return {owner: files for owner, files in merged.items() if files}
 
 
 _QUOTED = re.compile(r"'[^']*'")
@@ -295,6 +296,7 @@ class Replay:
                     path.unlink()
             with contextlib.suppress(FileNotFoundError):
                 (self.work / MARK).unlink()
+            self.work.rmdir()
         return self.tally
 
     async def _file(self, path: Path, start: int) -> None:
@@ -371,12 +373,20 @@ class Replay:
 
 @contextlib.contextmanager
 def _exclusive(work: Path, name: str) -> Iterator[None]:
-    fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+    """Only one replay of an output at a time. The one before may have just removed its
+    finished work dir: then it was running a moment ago."""
+    running = CannotRun(f"another replay of output {name!r} is running")
+    try:
+        fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise running from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CannotRun(f"another replay of output {name!r} is running") from None
+            raise running from None
+        if os.fstat(fd).st_nlink == 0:  # removed by the one that held the lock until now
+            raise running
         yield
     finally:
         os.close(fd)
