@@ -196,6 +196,8 @@ def collect_list(args: argparse.Namespace) -> Result:
 def _source(owner: str, files: list[tuple[Path, int]], every: bool) -> dict[str, Any]:
     groups: dict[str, Group] = {}
     for path, offset in files:
+        if not path.exists():
+            continue  # taken by a replay since the directory was read
         for record, _ in records(path, offset):
             key = reason(record)
             group = groups.get(key)
