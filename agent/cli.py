@@ -47,7 +47,7 @@ def build_parser(tools: bool = True) -> argparse.ArgumentParser:
 
         simulate.add_parser(sub)
         demo.add_parser(sub)
-        _doctor_parsers(sub)
+        _doctor_and_dead_letters(sub)
     return parser
 
 
@@ -60,7 +60,7 @@ def _op(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     return lambda args: int(getattr(importlib.import_module(module), function)(args))
 
 
-def _doctor_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _doctor_and_dead_letters(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     doctor = sub.add_parser("doctor", help="check config, broker and outputs; exit 1 on a problem")
     doctor.set_defaults(handler=_op("agent.ops.doctor", "main"))
     dead = sub.add_parser("dead-letters", help="list or replay what was set aside")
