@@ -5,13 +5,19 @@ they cannot be made to give on demand: 429/503 with Retry-After, a 413 at a chos
 for one poisoned line that rejects the whole batch (InfluxDB 1.6 stores the good lines of such
 a batch; VictoriaMetrics answers 204 and drops bad lines silently), and token auth (neither
 Debian server checks `Authorization: Token`), optionally with a 401 that quotes the credentials
-it was sent, as some proxies do.
+it was sent, as some proxies do. With ``v2_buckets`` it also plays the parts of an InfluxDB 2.x
+that `edge-agent doctor` looks at (no 2.x is packaged for Debian): /ping names a version,
+GET /api/v2/buckets lists those buckets, a write to another bucket is a 404, an empty write a
+400 "writing requires points"; ``write_forbidden`` makes every write a 403 (a token without
+write permission).
 
 It runs in a background thread with its own event loop, so the agent under test can be a
 subprocess or live in the test's own loop. Answer order for POST /write and /api/v2/write:
-scripted answer (if any is queued) > outage status > 401 auth > 400 bad gzip > 413 size >
-400 bad marker > 204 accepted. Only a 204 from the normal path accepts lines. Each answer can be
-held back (``hold``), so that requests overlapping in time show in ``RequestRecord.in_flight``.
+scripted answer (if any is queued) > outage status > 401 auth > 404 bucket > 403 forbidden >
+400 bad gzip > 400 empty > 413 size > 400 bad marker > 204 accepted (the order of a real server:
+credentials, bucket and permission before the body). Only a 204 from the normal path accepts
+lines. Each answer can be held back (``hold``), so that requests overlapping in time show in
+``RequestRecord.in_flight``.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class FaultServer:
         outage: int | None = None,
         hold: float = 0.0,
         port: int = 0,
+        v2_buckets: Iterable[str] | None = None,
+        write_forbidden: bool = False,
     ) -> None:
         # Policies are plain attributes: tests may change them while the server runs.
         self.max_body_bytes = max_body_bytes
@@ -71,6 +79,8 @@ class FaultServer:
         self.outage = outage  # a status for every write: a server that is up but failing
         self.hold = hold  # seconds each write waits before it is answered
         self.port = port
+        self.v2_buckets = None if v2_buckets is None else set(v2_buckets)
+        self.write_forbidden = write_forbidden
         self._lock = threading.Lock()
         self._handling = 0
         self._script: deque[tuple[int, dict[str, str]]] = deque()
@@ -160,6 +170,7 @@ class FaultServer:
         app.router.add_post("/api/v2/write", self._write)
         app.router.add_get("/ping", self._ping)
         app.router.add_get("/health", self._ping)
+        app.router.add_get("/api/v2/buckets", self._buckets)
         # auto_decompress=False: we need the wire size and must decode gzip ourselves.
         runner = web.AppRunner(app, access_log=None, auto_decompress=False, shutdown_timeout=1.0)
         await runner.setup()
@@ -190,7 +201,34 @@ class FaultServer:
 
     # -- handlers ---------------------------------------------------------------------------
     async def _ping(self, request: web.Request) -> web.Response:
+        if self.v2_buckets is not None:
+            return web.Response(status=204, headers={"X-Influxdb-Version": "v2-double"})
         return web.Response(status=204)
+
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        if self.auth_token is None:
+            return None
+        got = request.headers.get("Authorization", "")
+        if got == f"Token {self.auth_token}":
+            return None
+        return _answer(
+            401, f"unauthorized access: {got!r}" if self.echo_auth else "unauthorized access"
+        )
+
+    async def _buckets(self, request: web.Request) -> web.Response:
+        """GET /api/v2/buckets as InfluxDB 2.x answers it, for the buckets it was given."""
+        if self.v2_buckets is None:
+            return _answer(404, "path not found")
+        refused = self._unauthorized(request)
+        if refused is not None:
+            return refused
+        name = request.query.get("name")
+        buckets = [
+            {"id": f"{i:016x}", "orgID": "0" * 16, "name": b, "retentionRules": [], "type": "user"}
+            for i, b in enumerate(sorted(self.v2_buckets))
+            if name is None or b == name
+        ]
+        return web.json_response({"links": {"self": "/api/v2/buckets"}, "buckets": buckets})
 
     async def _write(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()
@@ -226,16 +264,16 @@ class FaultServer:
             resp = _answer(status, f"scripted {status}", headers)
         elif self.outage is not None:
             resp = _answer(self.outage, f"outage {self.outage}")
-        elif (
-            self.auth_token is not None
-            and request.headers.get("Authorization") != f"Token {self.auth_token}"
-        ):
-            got = request.headers.get("Authorization", "")
-            resp = _answer(
-                401, f"unauthorized access: {got!r}" if self.echo_auth else "unauthorized access"
-            )
+        elif (refused := self._unauthorized(request)) is not None:
+            resp = refused
+        elif self.v2_buckets is not None and request.query.get("bucket") not in self.v2_buckets:
+            resp = _answer(404, f'bucket "{request.query.get("bucket", "")}" not found')
+        elif self.write_forbidden:
+            resp = _answer(403, "insufficient permissions for write")
         elif decode_error is not None:
             resp = _answer(400, decode_error)
+        elif self.v2_buckets is not None and not body:
+            resp = _answer(400, "writing requires points")
         elif self.max_body_bytes is not None and len(body) > self.max_body_bytes:
             resp = _answer(413, "Request Entity Too Large")
         elif self.bad_marker is not None and (

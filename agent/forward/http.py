@@ -31,6 +31,7 @@ class Ping:
 
     failed: Outcome | None
     date: float | None  # the server's clock (epoch seconds), when it sent a Date
+    version: str = ""  # X-Influxdb-Version: which server answers (VictoriaMetrics sends none)
 
 
 def _date(header: str | None) -> float | None:
@@ -134,7 +135,8 @@ class Writer:
                 ssl=self.ssl,
                 allow_redirects=False,
             ) as response:
-                return Ping(None, _date(response.headers.get("Date")))
+                headers = response.headers
+                return Ping(None, _date(headers.get("Date")), headers.get("X-Influxdb-Version", ""))
         except aiohttp.ClientSSLError as exc:
             return Ping(tls_failure(tls_problem(exc)), None)
         except TimeoutError:

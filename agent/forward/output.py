@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import structlog
 
 from agent.config import OutputSection
 from agent.deadletter import DeadLetters, line_record
+from agent.forward.bisect import Answer, Refused, deliver, probe_ends
 from agent.forward.classify import Action, Outcome
 from agent.forward.gate import Gate, Priority, full_jitter
 from agent.forward.http import Writer, encode_batch, encode_body
@@ -34,16 +36,6 @@ _SEND_ORDER = ("aggregates", "raw")
 _RETRYABLE = (Action.RETRY, Action.THROTTLE, Action.CONFIG)
 UNREACHABLE_PROBE = 1.0  # seconds between pings while the server gives no answer at all
 DISK_RETRY = 2.0  # seconds between attempts at a dead-letter write the disk refused
-
-
-@dataclass(slots=True)
-class _Ends:
-    """What sending a refused batch's first and last line alone showed."""
-
-    rest: list[bytes]
-    accepted: list[bytes] = field(default_factory=list)
-    refused: list[tuple[bytes, Outcome]] = field(default_factory=list)
-    request_level: bool = False
 
 
 @dataclass(slots=True)
@@ -174,14 +166,15 @@ class Output:
         """The stored segments go out as they are (encode_batch); lines are decoded only if the
         server refuses the batch and it must be split."""
         began = time.perf_counter()
-        refused: list[tuple[bytes, Outcome]] = []
+        refused: Refused = []
         try:
             body = encode_batch(read, self.cfg.gzip_level)
             answer = await self._post_until_answer(body, priority, read.lines, read.count > 1)
             if answer[0].action is Action.SUCCESS:
-                self.metrics.lines_sent.labels(self.name).inc(read.count)
+                self._sent(read.count)
             else:
-                await self._deliver(read.lines(), priority, refused, answer)
+                send = functools.partial(self._send_lines, priority)
+                await deliver(read.lines(), send, refused, self._sent, answer)
         finally:
             stream.pending.release()
         for line, outcome in refused:
@@ -219,43 +212,20 @@ class Output:
 
     # -- delivery --------------------------------------------------------------------------------
 
-    async def _deliver(
-        self,
-        lines: list[bytes],
-        priority: Priority,
-        refused: list[tuple[bytes, Outcome]],
-        answer: tuple[Outcome, _Ends | None] | None = None,
-    ) -> None:
-        """Deliver every line, or add it to ``refused`` (for dead letters, written once the good
-        lines are through); only returns once nothing is left to retry. ``answer``: what the
-        server said to these very lines, sent whole already."""
-        if answer is None:
-            body = await encode_body(lines, self.cfg.gzip_level)
-            answer = await self._post_until_answer(body, priority, lambda: lines, False)
-        outcome, ends = answer
-        if outcome.action is Action.SUCCESS:
-            self.metrics.lines_sent.labels(self.name).inc(len(lines))
-            return
-        if ends is not None:
-            self.metrics.lines_sent.labels(self.name).inc(len(ends.accepted))
-            refused.extend(ends.refused)
-            lines = ends.rest
-            if not lines:
-                return
-        # SPLIT or BISECT: halve until the offending lines stand alone.
-        if len(lines) == 1:
-            refused.append((lines[0], outcome))
-            return
-        mid = len(lines) // 2
-        await self._deliver(lines[:mid], priority, refused)
-        await self._deliver(lines[mid:], priority, refused)
+    async def _send_lines(self, priority: Priority, lines: list[bytes]) -> Answer:
+        """These lines alone (a part of a refused batch), until the answer is final for them."""
+        body = await encode_body(lines, self.cfg.gzip_level)
+        return await self._post_until_answer(body, priority, lambda: lines, False)
+
+    def _sent(self, count: int) -> None:
+        self.metrics.lines_sent.labels(self.name).inc(count)
 
     async def _post_until_answer(
         self, body: bytes, priority: Priority, lines: Callable[[], list[bytes]], whole: bool
-    ) -> tuple[Outcome, _Ends | None]:
+    ) -> Answer:
         """POST through the gate until the answer is final for these lines: success, split or
         bisect. Between attempts the batch waits at the gate, not on a timer of its own.
-        ``whole``: a batch as read, of more than one line (see ``_probe_ends``)."""
+        ``whole``: a batch as read, of more than one line (see ``probe_ends``)."""
         while True:
             async with self._gate.turn(priority) as ticket:
                 unanswered = await self._unreachable() if ticket.probe else None
@@ -266,7 +236,7 @@ class Output:
                 outcome = await self._post(body)
                 ends = None
                 if outcome.action is Action.BISECT and whole:
-                    ends = await self._probe_ends(lines(), outcome)
+                    ends = await probe_ends(lines(), outcome, self._post, self.cfg.gzip_level)
                     if ends.request_level:
                         outcome, ends = dataclasses.replace(outcome, action=Action.CONFIG), None
                 if outcome.action not in _RETRYABLE:
@@ -298,28 +268,6 @@ class Output:
         self.metrics.bytes_sent.labels(self.name).inc(len(body))
         self.metrics.requests.labels(self.name, outcome.label).inc()
         return outcome
-
-    async def _probe_ends(self, lines: list[bytes], outcome: Outcome) -> _Ends:
-        """Is a 400/422 about the request rather than its lines? Then the first and the last
-        line, each sent alone, are refused with the very message of the whole batch (a missing
-        org, a proxy's page); a bad line is named in the message, or the other one passes.
-        Dead-lettering on such an answer would set aside the whole stream, batch after batch.
-        A probe's answer is final for its line, so no line is sent twice."""
-        ends = _Ends(rest=lines)
-        for line in (lines[0], lines[-1]):
-            alone = await self._post(await encode_body([line], self.cfg.gzip_level))
-            if alone.action is Action.SUCCESS:
-                ends.accepted.append(line)
-            elif alone.action in (Action.BISECT, Action.SPLIT):
-                ends.refused.append((line, alone))
-            else:
-                break  # a retryable answer says nothing: the bisection retries these lines
-        settled = len(ends.accepted) + len(ends.refused)
-        ends.rest = lines[1:-1] if settled == 2 else lines[settled:]
-        ends.request_level = len(ends.refused) == 2 and all(
-            refusal.message == outcome.message for _, refusal in ends.refused
-        )
-        return ends
 
     def _wait_after(self, outcome: Outcome) -> float | None:
         """The wait the config, the server or an unreachable server dictates (None leaves it to

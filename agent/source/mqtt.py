@@ -150,19 +150,9 @@ class MqttSource:
             clean_start=False if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
             keepalive=int(cfg.keepalive),
             properties=properties,
-            tls_context=self._tls_context() if cfg.use_tls else None,
+            tls_context=tls_context(cfg) if cfg.use_tls else None,
             tls_insecure=cfg.tls.insecure if cfg.use_tls else None,
         )
-
-    def _tls_context(self) -> ssl.SSLContext:
-        tls = self.cfg.tls
-        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-        if tls.cert_file:
-            context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-        if tls.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
 
     async def _session(self, stop: asyncio.Event) -> None:
         connection = await self.spool.next_connection()
@@ -430,6 +420,18 @@ class MqttSource:
                 self.guard.barrier_failed()
                 continue
             self.guard.end_barrier(through)
+
+
+def tls_context(cfg: MQTTSection) -> ssl.SSLContext:
+    """The [mqtt.tls] settings as a context, for the source and for ``edge-agent doctor``."""
+    tls = cfg.tls
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if tls.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _stream_label(stream: str) -> str:

@@ -9,6 +9,7 @@ with the server's log tail.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import gzip
 import http.client
@@ -101,6 +102,7 @@ class Server:
     binary: ClassVar[str]
     name: ClassVar[str]
     tls: TLSFiles | None = None
+    credentials: tuple[str, str] | None = None  # Basic auth the helpers here send
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
@@ -240,7 +242,11 @@ class Server:
         url = f"{scheme}://{LOOPBACK}:{self.port}{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
-        req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+        headers = dict(headers or {})
+        if self.credentials is not None:
+            basic = base64.b64encode(":".join(self.credentials).encode()).decode()
+            headers["Authorization"] = f"Basic {basic}"
+        req = urllib.request.Request(url, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
                 return resp.status, resp.read()
@@ -355,7 +361,9 @@ class InfluxDB1(Server):
     A 204 from /write means the points are in the WAL (fsynced: wal-fsync-delay 0s) and at once
     queryable, so a SIGKILL right after loses nothing. Writes are upserts: same series + time =
     one point. A 400 on a batch with a bad line is a *partial write*: the good lines are stored.
-    With ``tls`` it serves https only, with that certificate.
+    With ``tls`` it serves https only, with that certificate. With ``admin`` (user, password)
+    authentication is on, that admin user is created at the first start, and the helpers here
+    act as it.
     """
 
     binary = "influxd"
@@ -368,11 +376,13 @@ class InfluxDB1(Server):
         *,
         max_body_size: int = 25_000_000,
         tls: TLSFiles | None = None,
+        admin: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(data_dir, port)
         self.rpc_port = free_port()
         self.max_body_size = max_body_size
         self.tls = tls
+        self.credentials = admin
         self.conf_path = self.data_dir / "influxdb.conf"
 
     @property
@@ -414,7 +424,7 @@ bind-address = "{LOOPBACK}:{self.rpc_port}"
 [http]
   enabled = true
   bind-address = "{LOOPBACK}:{self.port}"
-  auth-enabled = false
+  auth-enabled = {"true" if self.credentials else "false"}
   log-enabled = false
   pprof-enabled = false
   max-body-size = {self.max_body_size}
@@ -435,6 +445,17 @@ bind-address = "{LOOPBACK}:{self.rpc_port}"
 
     def _ready(self) -> bool:
         return self._http_ready("/ping", lambda status, _: status == 204)
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        super().start(timeout)
+        if self.credentials is not None:
+            # Until an admin exists, influxd takes this one statement without credentials; on a
+            # restart the user exists and the statement, sent as that user, changes nothing.
+            user, password = self.credentials
+            self.query(
+                "",
+                f"CREATE USER {_ident(user)} WITH PASSWORD {_string(password)} WITH ALL PRIVILEGES",
+            )
 
     # -- data -------------------------------------------------------------------------------
     def create_database(self, name: str) -> None:
@@ -487,6 +508,11 @@ bind-address = "{LOOPBACK}:{self.rpc_port}"
 def _ident(name: str) -> str:
     """Double-quote an InfluxQL identifier (names like `tag` or `time` are keywords)."""
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _string(value: str) -> str:
+    """Single-quote an InfluxQL string literal (a password)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class VictoriaMetrics(Server):
