@@ -297,6 +297,8 @@ class Config(BaseSettings):
         names = [o.name for o in self.outputs]
         if len(set(names)) != len(names):
             raise ValueError(f"output names must be unique, got {names}")
+        if "ingest" in names:  # dead-letters/<output>.jsonl would be intake's ingest.jsonl
+            raise ValueError("'ingest' is reserved (intake's dead letters): name the output else")
         agg_names = [a.name for a in self.aggregations]
         if len(set(agg_names)) != len(agg_names):
             raise ValueError(f"aggregation names must be unique, got {agg_names}")

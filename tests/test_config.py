@@ -207,3 +207,15 @@ def test_secrets_lists_every_configured_secret(
     cfg = load_config(config)
     # The last one is "admin:v1-pass" as HTTP Basic credentials.
     assert cfg.secrets() == ["mqtt-pass", "s3cret-token", "v1-pass", "YWRtaW46djEtcGFzcw=="]
+
+
+def test_an_output_may_not_be_named_ingest(tmp_path: Path) -> None:
+    """Its dead letters would mix with intake's in dead-letters/ingest.jsonl."""
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n[[mqtt.subscriptions]]\ntopic = "a/{measurement}"\n'
+        '[[outputs]]\nname = "ingest"\n'
+        'url = "http://127.0.0.1:8086"\ndatabase = "d"\napi = "v1"\n'
+    )
+    with pytest.raises(ConfigError, match="reserved"):
+        load_config(path)
