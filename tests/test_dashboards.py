@@ -192,9 +192,6 @@ class Grafana:
         assert uid in self.databases, f"datasource {uid} is not provisioned"
         return self.databases[uid]
 
-    def run(self, db: str, query: str) -> dict[str, Any]:
-        return self.influx.query(db, query)
-
     def resolve(self, dashboard: dict[str, Any], choice: Choice) -> list[dict[str, Selection]]:
         """The variables' selections, resolved in order; one set per branch of the choice."""
         branches: list[dict[str, Selection]] = [{}]
@@ -208,7 +205,7 @@ class Grafana:
                 assert var["type"] == "query", f"variable {name}: type {var['type']}"
                 db = self.database(var["datasource"], selections)
                 query = interpolate(var["query"], selections, self.span.macros())
-                answer = self.run(db, query)
+                answer = self.influx.query(db, query)
                 options = variable_options(answer, query, var.get("regex", ""), var.get("sort", 0))
                 if not options and var.get("includeAll"):
                     grown.append({**selections, name: Selection(var, [ALL])})
@@ -220,11 +217,11 @@ class Grafana:
             branches = grown
         return branches
 
-    def check_dashboard(self, path: Path, choice_name: str) -> list[str]:
+    def check_dashboard(self, path: Path, choice: Choice) -> list[str]:
         """Every panel query of the dashboard: the failures, as lines of text."""
         dashboard = load(path)
         failures = []
-        for selections in self.resolve(dashboard, CHOICES[choice_name]):
+        for selections in self.resolve(dashboard, choice):
             for panel in all_panels(dashboard):
                 macros = self.span.macros(panel.get("maxDataPoints", 1000))
                 for target in panel.get("targets", []):
@@ -232,7 +229,8 @@ class Grafana:
                     query = interpolate(target["query"], selections, macros)
                     problem = self.problem(db, query)
                     if problem:
-                        where = f"{path.name} [{choice_name}] {panel['title']!r}"
+                        picked = {k: v.values for k, v in selections.items()}
+                        where = f"{path.name} {picked} {panel['title']!r}"
                         failures.append(f"{where}: {problem}\n    {query}")
         return failures
 
@@ -252,7 +250,7 @@ class Grafana:
 
     def problem(self, db: str, query: str) -> str:
         try:
-            answer = self.run(db, query)
+            answer = self.influx.query(db, query)
         except ServerError as exc:
             return str(exc).splitlines()[0]
         if not any(s.get("values") for r in answer["results"] for s in r.get("series", [])):
@@ -440,7 +438,7 @@ def test_every_query_runs_on_what_the_agent_writes(
     grafana = Grafana(influxdb, dbs, TimeRange(start - 900_000, int(time.time() * 1000) + 60_000))
     failures = []
     for path in DASHBOARDS:
-        for choice in CHOICES:
+        for choice in CHOICES.values():
             failures += grafana.check_dashboard(path, choice)
     for rule in alert_rules():
         failures += grafana.check_alert(rule)
