@@ -118,6 +118,7 @@ class Agent:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
+        self.metrics.spool_budget.set(cfg.spool.max_size)
         data = cfg.agent.data_dir
         self.spool = Spool(
             data / "spool.db",

@@ -1,6 +1,6 @@
-"""`scripts/dev` installs Debian's influxdb and victoria-metrics only so that tests and the demo can
-start private copies. Their packaged units must not be left enabled: on the next real boot an
-enabled influxdb listens on :8086 on every interface, without authentication."""
+"""`scripts/dev` installs Debian's influxdb, victoria-metrics and prometheus only so that tests and
+the demo can start private copies. Their packaged units must not be left enabled: on the next real
+boot an enabled influxdb listens on :8086 on every interface, without authentication."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-UNITS = ("influxdb.service", "victoria-metrics.service")
+UNITS = ("influxdb.service", "victoria-metrics.service", "prometheus.service")
 
 
 @pytest.mark.parametrize("unit", UNITS)

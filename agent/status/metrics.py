@@ -90,6 +90,12 @@ class Metrics:
         self.spool_bytes = Gauge(
             "edge_spool_bytes", "Line bytes held in the spool", ["stream"], registry=r
         )
+        self.spool_budget = Gauge(
+            "edge_spool_budget_bytes",
+            "The spool's max_size: what edge_spool_bytes and edge_aggregate_state_bytes together "
+            "may reach before when_full applies",
+            registry=r,
+        )
         self.spool_oldest_age = Gauge(
             "edge_spool_oldest_age_seconds",
             "Age of the oldest chunk held in the spool",

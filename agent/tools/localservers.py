@@ -1,4 +1,4 @@
-"""Real servers (mosquitto, InfluxDB 1.x, VictoriaMetrics) as plain Python objects.
+"""Real servers (mosquitto, InfluxDB 1.x, VictoriaMetrics, Prometheus) as plain Python objects.
 
 Used by pytest fixtures and by bench scripts alike, so this module imports only the stdlib.
 Every server binds 127.0.0.1 on a free port, keeps its data and log under the given directory,
@@ -612,3 +612,42 @@ def _lp_body(lines: str, compress: bool) -> tuple[bytes, dict[str, str]]:
     if compress:
         return gzip.compress(lines.encode()), {"Content-Encoding": "gzip"}
     return lines.encode(), {}
+
+
+class Prometheus(Server):
+    """Prometheus 2.x (Debian ships 2.42) with the given configuration text, its TSDB under the
+    data dir. Tests use it to scrape a running agent and evaluate the alert rules."""
+
+    binary = "prometheus"
+    name = "prometheus"
+
+    def __init__(self, data_dir: Path, config: str, port: int | None = None) -> None:
+        super().__init__(data_dir, port)
+        self.config = config
+        self.conf_path = self.data_dir / "prometheus.yml"
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def _prepare(self) -> None:
+        self.conf_path.write_text(self.config)
+
+    def _argv(self) -> list[str]:
+        return [
+            f"--config.file={self.conf_path}",
+            f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
+            f"--web.listen-address={LOOPBACK}:{self.port}",
+            "--storage.tsdb.retention.time=1d",
+        ]
+
+    def _ready(self) -> bool:
+        return self._http_ready("/-/ready", lambda status, _: status == 200)
+
+    def api(self, path: str) -> Any:
+        """The ``data`` of a GET on the HTTP API (``/api/v1/...``); raise unless it succeeded."""
+        status, body = self._http("GET", path)
+        answer = json.loads(self._ok(status, body, f"GET {path}"))
+        if answer.get("status") != "success":
+            raise ServerError(f"prometheus {path}: {answer}{self._tail()}")
+        return answer["data"]
