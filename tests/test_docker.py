@@ -45,21 +45,26 @@ def _compose(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _compose_config() -> dict[str, Any]:
-    """The stack as docker-compose resolves it (paths absolute, defaults filled in). Parsed by
-    the interpreter docker-compose itself runs on, which has PyYAML: the agent's venv has not."""
+    """The stack as docker-compose resolves it (paths absolute, defaults filled in)."""
     resolved = _compose("config")
     assert resolved.returncode == 0, resolved.stderr
+    config: dict[str, Any] = _yaml(resolved.stdout)
+    return config
+
+
+def _yaml(text: str) -> Any:
+    """Parsed by the interpreter docker-compose itself runs on, which has PyYAML: the agent's
+    venv has not."""
     to_json = "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"
     parsed = subprocess.run(
         ["/usr/bin/python3", "-c", to_json],
-        input=resolved.stdout,
+        input=text,
         capture_output=True,
         text=True,
         check=True,
         timeout=30,
     )
-    config: dict[str, Any] = json.loads(parsed.stdout)
-    return config
+    return json.loads(parsed.stdout)
 
 
 def test_compose_file_is_valid() -> None:
@@ -114,22 +119,11 @@ def test_grafana_gets_deploy_grafana() -> None:
     if not grafana.is_dir():
         pytest.skip("deploy/grafana (the dashboards) is not on this branch yet")
     assert all(m.is_dir() for m in mounts.values())
-    providers = _yaml(mounts["/etc/grafana/provisioning/dashboards"] / "edge-agent.yaml")
+    providers = _yaml(
+        (mounts["/etc/grafana/provisioning/dashboards"] / "edge-agent.yaml").read_text()
+    )
     dashboards = Path(providers["providers"][0]["options"]["path"])
     assert mounts[str(dashboards)] == grafana / "dashboards"
-
-
-def _yaml(path: Path) -> Any:
-    to_json = "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"
-    parsed = subprocess.run(
-        ["/usr/bin/python3", "-c", to_json],
-        input=path.read_text(),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return json.loads(parsed.stdout)
 
 
 def test_influxdb_init_script_maps_every_dashboard_database(tmp_path: Path) -> None:
@@ -167,24 +161,19 @@ def test_influxdb_init_script_maps_every_dashboard_database(tmp_path: Path) -> N
     assert {o["bucket"] for o in outputs} <= set(mapped)
     datasources = ROOT / "deploy/grafana/provisioning/datasources-influxdb2/edge.yaml"
     if datasources.is_file():
-        queried = {d["jsonData"]["dbName"] for d in _yaml(datasources)["datasources"]}
+        queried = {d["jsonData"]["dbName"] for d in _yaml(datasources.read_text())["datasources"]}
         assert queried == set(mapped)
 
 
 def test_docker_agent_config_names_the_compose_services(tmp_path: Path) -> None:
     (tmp_path / "influx_token").write_text("token\n")
-    cfg = load_config(_moved_secrets(tmp_path))
+    text = (DOCKER_DIR / "agent.toml").read_text().replace("/run/secrets/", f"{tmp_path}/")
+    (tmp_path / "agent.toml").write_text(text)
+    cfg = load_config(tmp_path / "agent.toml")
     assert cfg.mqtt.host in SERVICES
     for output in cfg.outputs:
         assert output.url.startswith("http://influxdb:8086")
         assert output.token is not None
-
-
-def _moved_secrets(folder: Path) -> Path:
-    text = (DOCKER_DIR / "agent.toml").read_text().replace("/run/secrets/", f"{folder}/")
-    path = folder / "agent.toml"
-    path.write_text(text)
-    return path
 
 
 def _directives(path: Path) -> dict[str, str]:
@@ -362,5 +351,29 @@ password_file = "/run/secrets/influx_password"
 
         docker("stop", "--time", "30", name, timeout=60)
         assert _inspect(docker, name)["State"]["ExitCode"] == 0, _logs(docker, name)
+    finally:
+        docker("rm", "--force", "--volumes", name, check=False)
+
+
+@pytest.mark.docker
+def test_simulator_container_stops_on_its_stop_signal(
+    docker: dockerd.Docker, image: str, mosquitto: Mosquitto
+) -> None:
+    """The compose file's simulator stops with SIGINT: as PID 1 without a SIGTERM handler it
+    would ignore docker's default SIGTERM and be killed only after the grace period."""
+    name = f"edge-simulate-test-{mosquitto.port}"
+    docker(
+        "run", "--detach", "--name", name, "--network=host", "--no-healthcheck",
+        "--stop-signal=SIGINT", image,
+        "simulate", "--url", mosquitto.url, "--prefix", "elsewhere", "--rate", "20",
+    )  # fmt: skip
+    try:
+        time.sleep(1)
+        assert _inspect(docker, name)["State"]["Running"], _logs(docker, name)
+        started = time.monotonic()
+        docker("stop", "--time", "20", name, timeout=60)
+        assert time.monotonic() - started < 10
+        assert _inspect(docker, name)["State"]["ExitCode"] == 0, _logs(docker, name)
+        assert json.loads(_logs(docker, name).strip().splitlines()[-1])["published"] > 0
     finally:
         docker("rm", "--force", "--volumes", name, check=False)
