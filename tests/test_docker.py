@@ -197,7 +197,9 @@ class DockerBroker(Mosquitto):
         self.conf_path.write_text(text)
 
 
-def test_docker_broker_config_matches_the_example_and_starts(tmp_path: Path) -> None:
+def test_docker_broker_config_matches_the_example_and_passes_its_healthcheck(
+    tmp_path: Path,
+) -> None:
     ours = _directives(DOCKER_DIR / "mosquitto.conf")
     example = _directives(ROOT / "config" / "mosquitto.conf")
     assert ours.pop("persistence_location") == "/mosquitto/data/"
@@ -206,7 +208,13 @@ def test_docker_broker_config_matches_the_example_and_starts(tmp_path: Path) -> 
     assert ours == example
     broker = DockerBroker(tmp_path / "mosquitto")
     broker.start()
-    broker.stop()
+    try:  # the compose file's healthcheck, run against it
+        check = _compose_config()["services"]["mosquitto"]["healthcheck"]["test"]
+        assert check[0] == "CMD"
+        argv = [arg.replace("$$", "$") for arg in check[1:]]
+        subprocess.run([*argv, "-p", str(broker.port)], check=True, timeout=10)
+    finally:
+        broker.stop()
 
 
 # --- the image: built and run -----------------------------------------------------------------
