@@ -50,7 +50,8 @@ class Docker:
             capture_output=True,
             text=True,
             timeout=timeout,
-            # The classic builder: BuildKit would want its own frontend image from a registry.
+            # The classic builder, Debian 12's default, whatever the caller's environment says:
+            # its cache is the images it leaves, which the tests keep bounded with a prune.
             env={**os.environ, "DOCKER_BUILDKIT": "0"},
         )
         if check and proc.returncode != 0:
