@@ -379,21 +379,10 @@ def test_simulator_container_stops_on_its_stop_signal(
         # Stopped once it publishes: a SIGINT while Python still imports would end it with a
         # traceback instead of its summary.
         subprocess.run(
-            [
-                "mosquitto_sub",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(mosquitto.port),
-                "-t",
-                "elsewhere/#",
-                "-C",
-                "1",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port),
+             "-t", "elsewhere/#", "-C", "1"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
         started = time.monotonic()
         docker("stop", "--time", "20", name, timeout=60)
         assert time.monotonic() - started < 10
