@@ -1,9 +1,9 @@
 #!/bin/sh
 # Run once by the influxdb:2 image, on the first start of an empty data volume, after its setup
 # (DOCKER_INFLUXDB_INIT_*) made the org and the raw bucket and logged the CLI in with the admin
-# token. Adds the buckets of the other streams (docker/agent.toml's outputs) and maps each bucket
-# to a database of the same name (DBRP, retention policy autogen), so the dashboards' InfluxQL
-# queries reach them: plants (raw), plants_1m (aggregates), telemetry (the agents' own health).
+# token. Adds the aggregates bucket of docker/agent.toml and maps each bucket to a database of the
+# same name (DBRP, retention policy autogen), so the dashboards' InfluxQL queries reach them:
+# plants (raw readings and the agents' own telemetry), plants_1m (1-minute aggregates).
 set -eu
 org="$DOCKER_INFLUXDB_INIT_ORG"
 
@@ -12,7 +12,5 @@ map() {  # map <bucket id> <database>
 }
 
 map "$DOCKER_INFLUXDB_INIT_BUCKET_ID" "$DOCKER_INFLUXDB_INIT_BUCKET"
-for bucket in plants_1m telemetry; do
-  id="$(influx bucket create --org "$org" --name "$bucket" --hide-headers | cut -f 1)"
-  map "$id" "$bucket"
-done
+aggregates_id="$(influx bucket create --org "$org" --name plants_1m --hide-headers | cut -f 1)"
+map "$aggregates_id" plants_1m
