@@ -28,8 +28,7 @@ def wheel(dest: Path) -> Path:
     """The edge-agent wheel of this checkout (pip fetches setuptools to build it)."""
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps"]
-        + ["-w", str(dest), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), str(ROOT)],
         check=True,
         capture_output=True,
         timeout=300,
