@@ -5,7 +5,8 @@ defaults. List sections are addressed by position or by ``name``:
 ``EDGE_OUTPUTS__CLOUD__URL`` or ``EDGE_OUTPUTS__0__URL``. Every secret also has a ``*_file``
 form, read once at load, so tokens never have to sit in the TOML or the unit file. A ``*_file``
 path may start with ``${CREDENTIALS_DIRECTORY}/``: systemd's LoadCredential= puts the secrets
-there, and systemd expands the variable in the unit's own lines but not in this file.
+there, and systemd expands the variable in the unit's own lines but not in this file; outside
+the unit the same files are read from /etc/credstore.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from agent.units import ByteSize, Duration
 
 ENV_PREFIX = "EDGE_"
 CREDENTIALS = "CREDENTIALS_DIRECTORY"
+# Where systemd's LoadCredential=NAME (no path) looks for NAME, in order.
+CREDSTORES = (Path("/etc/credstore"), Path("/run/credstore"), Path("/usr/lib/credstore"))
 _LIST_PATHS = ("OUTPUTS__", "MQTT__SUBSCRIPTIONS__", "AGGREGATIONS__")
 
 
@@ -55,20 +58,20 @@ class _Model(BaseModel):
 
 def _in_credentials(value: object) -> object:
     """``${CREDENTIALS_DIRECTORY}/name`` (or ``$CREDENTIALS_DIRECTORY/name``) as the path the
-    service manager gave this run; any other value is left as it is."""
+    service manager gave this run. Outside the service (check-config, doctor, run by hand) the
+    name is looked up where the unit's ``LoadCredential=name`` finds it: the credential stores
+    (readable by root). Any other value is left as it is."""
     if not isinstance(value, str | Path):
         return value
     text = str(value)
     for prefix in (f"${{{CREDENTIALS}}}/", f"${CREDENTIALS}/"):
         if text.startswith(prefix):
+            name = text.removeprefix(prefix)
             directory = os.environ.get(CREDENTIALS)
-            if not directory:
-                raise ValueError(
-                    f"{text!r} needs ${CREDENTIALS}, which systemd sets for a service with "
-                    f"LoadCredential=; outside the service set it by hand, e.g. "
-                    f"{CREDENTIALS}=/etc/credstore edge-agent check-config"
-                )
-            return Path(directory) / text.removeprefix(prefix)
+            if directory:
+                return Path(directory) / name
+            found = [store / name for store in CREDSTORES if (store / name).exists()]
+            return found[0] if found else CREDSTORES[0] / name
     return value
 
 

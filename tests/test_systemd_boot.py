@@ -52,7 +52,7 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
 
 @pytest.fixture
 def influxdb(tmp_path: Path) -> Iterator[InfluxDB1]:
-    server = InfluxDB1(tmp_path / "influxdb", auth=("edge", PASSWORD))
+    server = InfluxDB1(tmp_path / "influxdb", admin=("edge", PASSWORD))
     server.start()
     server.create_database("plants")
     yield server
@@ -285,8 +285,7 @@ def test_the_unit_takes_over_the_spool_of_a_by_hand_install(
     influxdb.stop()  # the spool keeps everything until the unit's agent takes over
     box.run(
         "systemd-run",
-        "--unit=by-hand",
-        "--setenv=CREDENTIALS_DIRECTORY=/etc/credstore",
+        "--unit=by-hand",  # as root, no credentials directory: reads /etc/credstore itself
         "/opt/edge-agent/bin/edge-agent",
         "run",
         "--config",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import config as config_module
 from agent.config import ConfigError, load_config
 
 CONFIG = """
@@ -68,15 +69,36 @@ def test_a_credential_the_unit_did_not_load(config: Path, credentials: Path) -> 
     assert f"cannot read token_file '{credentials / 'influx-token'}'" in str(err.value)
 
 
-def test_outside_the_service_the_directory_must_be_named(
-    config: Path, monkeypatch: pytest.MonkeyPatch
+def test_outside_the_service_the_credential_stores_are_read(
+    tmp_path: Path, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check-config, doctor or a run by hand (as root): each name is read from the first store
+    that has it, as the unit's LoadCredential=NAME finds it."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    etc, run = tmp_path / "etc-credstore", tmp_path / "run-credstore"
+    monkeypatch.setattr(config_module, "CREDSTORES", (etc, run))
+    etc.mkdir()
+    run.mkdir()
+    (etc / "influx-token").write_text("from-etc\n")
+    (run / "influx-token").write_text("from-run\n")
+    (run / "mqtt-password").write_text("mqtt-from-run\n")
+    cfg = load_config(config)
+    assert cfg.outputs[0].token is not None and cfg.mqtt.password is not None
+    assert cfg.outputs[0].token.get_secret_value() == "from-etc"
+    assert cfg.mqtt.password.get_secret_value() == "mqtt-from-run"
+    assert cfg.mqtt.tls.key_file == etc / "mqtt-client-key"  # in none: named where it belongs
+
+
+def test_outside_the_service_a_missing_credential_is_named(
+    tmp_path: Path, config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setattr(config_module, "CREDSTORES", (tmp_path / "etc-credstore",))
     with pytest.raises(ConfigError) as err:
         load_config(config)
-    text = str(err.value)
-    assert "mqtt.password_file" in text and "LoadCredential=" in text
-    assert "CREDENTIALS_DIRECTORY=/etc/credstore edge-agent check-config" in text
+    assert f"cannot read password_file '{tmp_path / 'etc-credstore' / 'mqtt-password'}'" in str(
+        err.value
+    )
 
 
 def test_other_paths_are_left_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
