@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import os
 import sys
@@ -53,6 +54,9 @@ def build_parser(tools: bool = True) -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    # A fatal signal prints every thread's Python stack to stderr (the journal): above all the
+    # watchdog's SIGABRT, which then says where the agent hung.
+    faulthandler.enable()
     cfg = load_config(args.config)
     logs.setup(cfg.agent.log_format, cfg.agent.log_level, Redactor(cfg.secrets()))
     with _without_ca_bundle(cfg):

@@ -3,7 +3,10 @@
 Precedence (highest first): ``EDGE_<SECTION>__<KEY>`` environment variables, the TOML file,
 defaults. List sections are addressed by position or by ``name``:
 ``EDGE_OUTPUTS__CLOUD__URL`` or ``EDGE_OUTPUTS__0__URL``. Every secret also has a ``*_file``
-form, read once at load, so tokens never have to sit in the TOML or the unit file.
+form, read once at load, so tokens never have to sit in the TOML or the unit file. A ``*_file``
+path may start with ``${CREDENTIALS_DIRECTORY}/``: systemd's LoadCredential= puts the secrets
+there, and systemd expands the variable in the unit's own lines but not in this file; outside
+the unit the same files are read from /etc/credstore.
 """
 
 from __future__ import annotations
@@ -14,10 +17,18 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -31,6 +42,9 @@ from agent.redact import mask_url
 from agent.units import ByteSize, Duration
 
 ENV_PREFIX = "EDGE_"
+CREDENTIALS = "CREDENTIALS_DIRECTORY"
+# Where systemd's LoadCredential=NAME (no path) looks for NAME, in order.
+CREDSTORES = (Path("/etc/credstore"), Path("/run/credstore"), Path("/usr/lib/credstore"))
 _LIST_PATHS = ("OUTPUTS__", "MQTT__SUBSCRIPTIONS__", "AGGREGATIONS__")
 
 
@@ -40,6 +54,29 @@ class ConfigError(Exception):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _in_credentials(value: object) -> object:
+    """``${CREDENTIALS_DIRECTORY}/name`` (or ``$CREDENTIALS_DIRECTORY/name``) as the path the
+    service manager gave this run. Outside the service (check-config, doctor, run by hand) the
+    name is looked up where the unit's ``LoadCredential=name`` finds it: the credential stores
+    (readable by root). Any other value is left as it is."""
+    if not isinstance(value, str | Path):
+        return value
+    text = str(value)
+    for prefix in (f"${{{CREDENTIALS}}}/", f"${CREDENTIALS}/"):
+        if text.startswith(prefix):
+            name = text.removeprefix(prefix)
+            directory = os.environ.get(CREDENTIALS)
+            if directory:
+                return Path(directory) / name
+            found = [store / name for store in CREDSTORES if (store / name).exists()]
+            return found[0] if found else CREDSTORES[0] / name
+    return value
+
+
+# A file the agent reads (a secret, a key, a CA): may be a credential systemd passed in.
+CredentialPath = Annotated[Path, BeforeValidator(_in_credentials)]
 
 
 def _read_secret(path: Path | None, value: SecretStr | None, key: str) -> SecretStr | None:
@@ -76,9 +113,9 @@ class AgentSection(_Model):
 
 
 class TLSSection(_Model):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    ca_file: CredentialPath | None = None
+    cert_file: CredentialPath | None = None
+    key_file: CredentialPath | None = None
     insecure: bool = False
 
 
@@ -117,7 +154,7 @@ class MQTTSection(_Model):
     protocol: Literal["5", "3.1.1"] = "5"
     username: str | None = None
     password: SecretStr | None = None
-    password_file: Path | None = None
+    password_file: CredentialPath | None = None
     tls: TLSSection = TLSSection()
     keepalive: Duration = 30.0
     session_expiry: Duration = 7 * 86400.0
@@ -161,12 +198,12 @@ class OutputSection(_Model):
     org: str = ""
     bucket: str = ""
     token: SecretStr | None = None
-    token_file: Path | None = None
+    token_file: CredentialPath | None = None
     database: str = ""
     retention_policy: str = ""
     username: str | None = None
     password: SecretStr | None = None
-    password_file: Path | None = None
+    password_file: CredentialPath | None = None
     # Whatever order is written, aggregates are sent before raw readings: after an outage the
     # dashboards' summaries are current while the raw history backfills behind them.
     streams: list[Literal["raw", "aggregates"]] = Field(default=["raw"], min_length=1)
@@ -179,7 +216,7 @@ class OutputSection(_Model):
     retry_max_backoff: Duration = 60.0
     retry_after_cap: Duration = 300.0
     config_error_retry: Duration = 30.0
-    tls_ca_file: Path | None = None
+    tls_ca_file: CredentialPath | None = None
     tls_insecure: bool = False
 
     @model_validator(mode="after")

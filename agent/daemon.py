@@ -37,6 +37,8 @@ from agent.spool.budget import Budget
 from agent.spool.store import Spool
 from agent.status import server
 from agent.status.metrics import Metrics
+from agent.status.notify import Notifier
+from agent.status.supervisor import OutputState, Supervisor, status_line
 
 log = structlog.get_logger("edge_agent")
 
@@ -133,6 +135,8 @@ class Agent:
         self.stop = asyncio.Event()
         self.failed = False
         self.redactor = Redactor(cfg.secrets())
+        self.notifier = Notifier()
+        self.backlogs: dict[str, int] = {}  # lines each output has yet to send, by _stats_loop
 
     def problems(self) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -146,9 +150,21 @@ class Agent:
         if self.source is not None and self.source.blocked:
             found["spool"] = "intake blocked by the spool budget or a disk error"
         if not self.trust.trusted:
-            held = sum(self.spool.stats[s].lines for s in self.spool.streams_like(hold.PREFIX))
+            held = self._held()
             found["clock"] = f"{self.trust.problem}; {held} readings held until it is confirmed"
         return found
+
+    def _held(self) -> int:
+        return sum(self.spool.stats[s].lines for s in self.spool.streams_like(hold.PREFIX))
+
+    def status_line(self) -> str:
+        """For ``systemctl status``: what /readyz says, in one line."""
+        return status_line(
+            self._mqtt_up(),
+            [OutputState(o.name, self.backlogs.get(o.name, 0), o.healthy) for o in self.outputs],
+            self.source is not None and self.source.blocked,
+            None if self.trust.trusted else self._held(),
+        )
 
     async def run(self) -> int:
         cfg = self.cfg
@@ -225,11 +241,15 @@ class Agent:
             stage_tasks.append(asyncio.create_task(aggregator.run(self.stop), name="aggregator"))
         stage_tasks.append(asyncio.create_task(clock_watch.run(self.stop), name="clock"))
         stats_task = asyncio.create_task(self._stats_loop(), name="stats")
-        for task in (source_task, *stage_tasks, stats_task):
+        self.notifier.ready(self.status_line())
+        supervisor = Supervisor(self.notifier, self.spool.probe, self.status_line)
+        supervisor_task = asyncio.create_task(supervisor.run(self.stop), name="supervisor")
+        for task in (source_task, *stage_tasks, stats_task, supervisor_task):
             task.add_done_callback(self._on_task_done)
         await self.stop.wait()
+        self.notifier.stopping(f"stopping: outputs drain for up to {cfg.agent.shutdown_grace:g}s")
         began = time.monotonic()
-        await asyncio.gather(source_task, *stage_tasks, return_exceptions=True)
+        await asyncio.gather(source_task, *stage_tasks, supervisor_task, return_exceptions=True)
         remaining = max(0.0, cfg.agent.shutdown_grace - (time.monotonic() - began))
         cut = sum(await asyncio.gather(*(o.drain(remaining) for o in self.outputs)))
         stats_task.cancel()
@@ -239,6 +259,7 @@ class Agent:
         if status is not None:
             status.close()
         await self.spool.close()
+        self.notifier.close()
         log.info(
             "agent_stopped",
             writes_cut_at_grace=cut,
@@ -279,10 +300,13 @@ class Agent:
                 self.metrics.spool_bytes.labels(label).set(size)
                 self.metrics.spool_oldest_age.labels(label).set(age)
             for output in self.outputs:
+                total = 0
                 for stream in output.cfg.streams:
                     pos = await self.spool.cursor(output.name, stream)
                     backlog = await self.spool.backlog(stream, pos)
                     self.metrics.backlog.labels(output.name, stream).set(backlog)
+                    total += backlog
+                self.backlogs[output.name] = total
             await asyncio.sleep(STATS_INTERVAL)
 
 

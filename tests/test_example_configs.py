@@ -11,13 +11,11 @@ from agent.tools.localservers import Mosquitto
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_example_agent_config_is_valid(tmp_path: Path) -> None:
-    token = tmp_path / "influx.token"
-    token.write_text("token\n")
-    text = (ROOT / "config" / "agent.toml").read_text()
-    text = text.replace("/etc/edge-agent/influx.token", str(token))
-    (tmp_path / "agent.toml").write_text(text)
-    cfg = load_config(tmp_path / "agent.toml")
+def test_example_agent_config_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the unit runs it: its secrets in the credentials directory LoadCredential= fills."""
+    (tmp_path / "influx-token").write_text("token\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    cfg = load_config(ROOT / "config" / "agent.toml")
     assert cfg.mqtt.subscriptions[0].topic.startswith("plant/{line}")
     assert cfg.outputs[0].token is not None
 

@@ -146,6 +146,10 @@ class Spool:
         newest = self.db.execute("SELECT max(created) FROM chunks").fetchone()[0]
         self.age = AgeClock(float(newest or 0.0))
 
+    async def probe(self) -> None:
+        """Returns once the spool's thread has taken a job: the watchdog's proof that it moves."""
+        await self.database.run(_nothing)
+
     async def close(self) -> None:
         """Write what is queued (cursors left behind would only mean lines sent again), close."""
         if self._flush_timer is not None:
@@ -480,3 +484,7 @@ async def wait_for_data(event: asyncio.Event, stop: asyncio.Event, seconds: floa
         waiter.cancel()
         stopper.cancel()
     return bool(done)
+
+
+def _nothing() -> None:
+    """The probe's job."""

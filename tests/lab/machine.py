@@ -108,6 +108,11 @@ def booted(
                 str(root),
                 "-b",
                 "--console=pipe",
+                # A real machine lets any process read the kernel's clock state (adjtimex with
+                # modes 0, which glibc makes a clock_adjtime call; agent/clock/kernel.py), but
+                # nspawn refuses the whole @clock group to a container without CAP_SYS_TIME.
+                # Setting the clock still needs that capability, which the container lacks.
+                "--system-call-filter=adjtimex clock_adjtime clock_adjtime64",
                 *rootfs.pip_env(),
                 *rootfs.pip_binds(),
                 *binds,
