@@ -20,7 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -109,16 +109,12 @@ def build(arch: str = "amd64", include: Sequence[str] = BOOT_PACKAGES) -> Path:
     if arch != _host_arch():
         binfmt = Path(f"/proc/sys/fs/binfmt_misc/qemu-{_qemu_name(arch)}")
         if not binfmt.exists() or "enabled" not in binfmt.read_text():
-            raise LabUnavailable(f"qemu-{_qemu_name(arch)} is not registered with binfmt_misc")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    target = CACHE / _key(arch, include)
-    with open(CACHE / f"{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / ".complete").exists():
-            return target
-        shutil.rmtree(target, ignore_errors=True)
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+            raise LabUnavailable(
+                f"qemu-{_qemu_name(arch)} is not registered with binfmt_misc: "
+                "run `scripts/dev test`"
+            )
+
+    def debootstrap(partial: Path) -> None:
         subprocess.run(
             [
                 "debootstrap",
@@ -135,9 +131,45 @@ def build(arch: str = "amd64", include: Sequence[str] = BOOT_PACKAGES) -> Path:
         )
         _copy_host_settings(partial)
         # Package scripts inside must not start services: tests start what they test.
+        # (debootstrap keeps its own policy-rc.d while it configures the --include packages,
+        # and removes it at the end.)
         policy = partial / "usr/sbin/policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
+
+    return _cached(CACHE / _key(arch, include), debootstrap)
+
+
+def layer(base: Path, name: str, recipe: str, prepare: Callable[[Path], None]) -> Path:
+    """A cached rootfs made from ``base`` by ``prepare`` (run on a copy of it): a venv with the
+    project's dependencies, say. Keyed on ``recipe`` (what ``prepare`` installs), so it is rebuilt
+    when that changes, and the layers of older recipes are removed then."""
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:10]
+    target = CACHE / f"{base.name}-{name}-{digest}"
+
+    def make(partial: Path) -> None:
+        for old in CACHE.glob(f"{base.name}-{name}-*"):
+            if old.is_dir() and old != target and old.suffix != ".partial":
+                shutil.rmtree(old, ignore_errors=True)
+        subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(partial)], check=True)
+        (partial / ".complete").unlink()
+        prepare(partial)
+
+    return _cached(target, make)
+
+
+def _cached(target: Path, make: Callable[[Path], None]) -> Path:
+    """``target``, made by ``make`` into a partial folder first unless a complete one exists;
+    the lock file lets parallel runs share one build."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").exists():
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        make(partial)
         partial.rename(target)
         (target / ".complete").touch()
         return target
