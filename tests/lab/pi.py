@@ -44,6 +44,7 @@ from typing import IO
 
 from agent.tools.localservers import InfluxDB1, free_port, port_accepts
 from agent.tools.simulate import MEASUREMENTS
+from lab import install as install_lab
 from lab import rootfs
 
 REPO = rootfs.ROOT
@@ -209,18 +210,6 @@ def nspawn(root: Path, *extra: str) -> list[str]:
     ]
 
 
-def build_wheel(dest: Path) -> Path:
-    """This checkout as a wheel (pure Python: the same for every CPU)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), str(REPO)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return next(dest.glob("edge_agent-*.whl"))
-
-
 # --- the container ----------------------------------------------------------------------------
 class Inside:
     """A process started in the container: ``pid`` is the arm64 process as the host sees it
@@ -382,11 +371,37 @@ _PLATFORM = (
 )
 
 
+CREDENTIALS = "/etc/edge-agent/credentials"  # stands for the unit's $CREDENTIALS_DIRECTORY
+
+
+def _secret_files(node: object) -> Iterator[str]:
+    """The secret files a config names (``token_file``, ``password_file``)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("token_file", "password_file") and isinstance(value, str):
+                yield value
+            else:
+                yield from _secret_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _secret_files(item)
+
+
 def check_config(steps: Steps, b: Box) -> None:
     with steps.step("edge-agent check-config (shipped example, Raspberry Pi config)") as note:
-        b.put("/etc/edge-agent/agent.toml", (REPO / "config" / "agent.toml").read_text())
-        b.put("/etc/edge-agent/influx.token", "token\n")
-        _check(b.run(f"{VENV}/bin/edge-agent", "check-config", timeout=120), "check-config")
+        shipped = (REPO / "config" / "agent.toml").read_text()
+        b.put("/etc/edge-agent/agent.toml", shipped)
+        for path in _secret_files(tomllib.loads(shipped)):
+            b.put(path.replace("${CREDENTIALS_DIRECTORY}", CREDENTIALS), "secret\n")
+        _check(
+            b.run(
+                f"{VENV}/bin/edge-agent",
+                "check-config",
+                timeout=120,
+                env={"CREDENTIALS_DIRECTORY": CREDENTIALS},
+            ),
+            "check-config",
+        )
         b.put(
             "/etc/edge-agent/pi.toml", PI_CONFIG.format(mqtt_port=1, influx_port=1, status_port=1)
         )
@@ -604,7 +619,7 @@ def started(steps: Steps, stack: contextlib.ExitStack[None], workdir: Path) -> B
     """The arm64 container with the wheel of this checkout installed; ``stack`` stops it."""
     base = prepared(steps)
     with steps.step("wheel of this checkout") as note:
-        wheel = build_wheel(workdir / "wheel")
+        wheel = install_lab.wheel(workdir / "wheel")
         note.append(wheel.name)
     with steps.step("a throw-away copy of it, started (systemd-nspawn)"):
         b = stack.enter_context(box(workdir, base))
