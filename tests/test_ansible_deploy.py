@@ -244,13 +244,19 @@ def test_rollout_to_a_booted_gateway(
     host_vars: dict[str, Any] = {
         "edge_agent_name": "gw-test",
         "edge_agent_tags": {"plant": "p-test"},
-        "edge_agent_mqtt": {"url": mosquitto.url},
+        "edge_agent_mqtt": {
+            "url": mosquitto.url,
+            "username": "edge-agent",
+            "password_file": "${CREDENTIALS_DIRECTORY}/mqtt.password",
+        },
         "edge_agent_outputs": [
             {
                 "name": "influx",
                 "url": influxdb.url,
                 "api": "v1",
                 "database": "plants",
+                "username": "edge-agent",
+                "password_file": "${CREDENTIALS_DIRECTORY}/influx.token",
                 "flush_interval": "200ms",
             }
         ],
