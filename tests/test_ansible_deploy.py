@@ -107,6 +107,11 @@ RENDER = """\
   connection: local
   gather_facts: false
   tasks:
+    - name: Create the gateway's folders
+      ansible.builtin.file:
+        path: "{out}/{{{{ inventory_hostname }}}}/credentials"
+        state: directory
+        mode: "0700"
     - name: Render agent.toml and the drop-in
       ansible.builtin.template:
         src: "{role}/templates/{{{{ item }}}}.j2"
