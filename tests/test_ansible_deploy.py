@@ -159,7 +159,7 @@ def test_example_inventory_renders_valid_configs(
         assert cfg.outputs[0].token is not None
         assert cfg.outputs[0].token.get_secret_value() == SECRETS["influx.token"]
         loaded = re.findall(
-            r"^LoadCredential=([^:]+):", (out / host / "credentials.conf").read_text(), re.M
+            r"^LoadCredential=([^:\n]+):", (out / host / "credentials.conf").read_text(), re.M
         )
         assert sorted(loaded) == sorted(p.name for p in credentials.iterdir())
         named = set(
