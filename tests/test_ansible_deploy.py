@@ -49,13 +49,17 @@ def _require(command: str) -> str:
     return path
 
 
-def playbook(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """ansible-playbook in deploy/ansible, plain output, whatever its exit code."""
+def playbook(
+    *args: str, log: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook in deploy/ansible, plain output, whatever its exit code; ``log`` keeps
+    every run's output (with timestamps) for a post-mortem."""
     env = {
         **os.environ,
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_RETRY_FILES_ENABLED": "0",
         "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        **({"ANSIBLE_LOG_PATH": str(log)} if log else {}),
     }
     return subprocess.run(
         [_require("ansible-playbook"), "--vault-password-file", str(VAULT_PASSWORD), *args],
@@ -274,6 +278,7 @@ def test_rollout_to_a_booted_gateway(
     if not UNIT.exists():
         (tmp_path / "edge-agent.service").write_text(PLACEHOLDER_UNIT)
         extra["edge_agent_unit_src"] = str(tmp_path / "edge-agent.service")
+    log = tmp_path / "ansible.log"
     args = (
         "-i",
         str(EXAMPLE / "hosts.yml"),
@@ -285,7 +290,7 @@ def test_rollout_to_a_booted_gateway(
     )
 
     started = time.monotonic()
-    first = playbook(*args, "-e", json.dumps(extra))
+    first = playbook(*args, "-e", json.dumps(extra), log=log)
     first_s = time.monotonic() - started
     assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
     assert recap(first, "gw-test")["failed"] == 0
@@ -317,7 +322,7 @@ def test_rollout_to_a_booted_gateway(
 
     # A second run changes nothing and restarts nothing.
     started = time.monotonic()
-    second = playbook(*args, "-e", json.dumps(extra))
+    second = playbook(*args, "-e", json.dumps(extra), log=log)
     second_s = time.monotonic() - started
     assert second.returncode == 0, second.stdout[-6000:] + second.stderr[-3000:]
     assert recap(second, "gw-test")["changed"] == 0, second.stdout[-6000:]
@@ -326,7 +331,7 @@ def test_rollout_to_a_booted_gateway(
     # A config the agent would refuse never reaches it: the play fails at validation, the live
     # config stays, the agent keeps running, ready, with the same process.
     bad = {**extra, "edge_agent_spool": {"max_sise": "1GiB"}}
-    third = playbook(*args, "-e", json.dumps(bad))
+    third = playbook(*args, "-e", json.dumps(bad), log=log)
     assert third.returncode != 0
     assert recap(third, "gw-test")["failed"] == 1
     assert "spool.max_sise: unknown key" in third.stdout, third.stdout[-6000:]
@@ -334,4 +339,18 @@ def test_rollout_to_a_booted_gateway(
     assert gateway.show("edge-agent.service", "ActiveState") == "active"
     assert gateway.show("edge-agent.service", "MainPID") == pid
     assert readyz(status_port)[0] == 200
+
+    # A config naming a secret the gateway would not get is refused before anything changes.
+    typo = {
+        **extra,
+        "edge_agent_mqtt": {
+            **host_vars["edge_agent_mqtt"],
+            "password_file": "${CREDENTIALS_DIRECTORY}/mqtt-password",
+        },
+    }
+    fourth = playbook(*args, "-e", json.dumps(typo), log=log)
+    assert recap(fourth, "gw-test")["failed"] == 1
+    assert recap(fourth, "gw-test")["changed"] == 0
+    assert "${CREDENTIALS_DIRECTORY}/mqtt-password" in fourth.stdout, fourth.stdout[-6000:]
+    assert gateway.show("edge-agent.service", "MainPID") == pid
     print(f"first run {first_s:.0f} s, second run {second_s:.0f} s")
