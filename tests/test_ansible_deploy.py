@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab.machine import Machine, booted
 
 from agent.config import load_config
 from agent.tools.localservers import InfluxDB1, Mosquitto, free_port
@@ -95,7 +96,7 @@ def test_ansible_lint_production_profile() -> None:
         "NO_COLOR": "1",
     }
     run = subprocess.run(
-        [str(lint), "--offline", "--profile", "production"],
+        [str(lint)],  # deploy/ansible/.ansible-lint: the production profile, offline
         cwd=ANSIBLE,
         env=env,
         capture_output=True,
@@ -206,13 +207,12 @@ def wheel(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Any]:
-    from lab import machine
-
+def gateway(tmp_path: Path) -> Iterator[Machine]:
+    """A fresh Debian, booted, with nothing of the agent on it."""
     workdir = tmp_path / "gateway"
     workdir.mkdir()
-    with machine.booted(workdir) as booted:
-        yield booted
+    with booted(workdir) as machine:
+        yield machine
 
 
 def readyz(port: int) -> tuple[int, dict[str, Any]]:
@@ -236,12 +236,13 @@ def wait_count(influxdb: InfluxDB1, expected: int, timeout: float) -> int:
 
 @pytest.mark.container
 def test_rollout_to_a_booted_gateway(
-    tmp_path: Path, wheel: Path, gateway: Any, mosquitto: Mosquitto, influxdb: InfluxDB1
+    tmp_path: Path, wheel: Path, gateway: Machine, mosquitto: Mosquitto, influxdb: InfluxDB1
 ) -> None:
     influxdb.create_database("plants")
     status_port = free_port()
     inventory = tmp_path / "inventory"
     (inventory / "host_vars").mkdir(parents=True)
+    # nsenter always enters as root; the example's ansible_user (deploy) would name its home.
     (inventory / "hosts.yml").write_text(
         "gateways:\n  hosts:\n    gw-test:\n"
         "      ansible_connection: community.docker.nsenter\n"
