@@ -207,6 +207,14 @@ def wheel(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def influxdb_auth(tmp_path: Path) -> Iterator[InfluxDB1]:
+    """InfluxDB 1.x that refuses writes without the password the vault holds: points arrive
+    only if the secret travelled from the vault through the credentials to the agent."""
+    with InfluxDB1(tmp_path / "influxdb", admin=("edge-agent", SECRETS["influx.token"])) as server:
+        yield server
+
+
+@pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Machine]:
     """A fresh Debian, booted, with nothing of the agent on it."""
     workdir = tmp_path / "gateway"
@@ -236,8 +244,9 @@ def wait_count(influxdb: InfluxDB1, expected: int, timeout: float) -> int:
 
 @pytest.mark.container
 def test_rollout_to_a_booted_gateway(
-    tmp_path: Path, wheel: Path, gateway: Machine, mosquitto: Mosquitto, influxdb: InfluxDB1
+    tmp_path: Path, wheel: Path, gateway: Machine, mosquitto: Mosquitto, influxdb_auth: InfluxDB1
 ) -> None:
+    influxdb = influxdb_auth
     influxdb.create_database("plants")
     status_port = free_port()
     inventory = tmp_path / "inventory"
