@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lab import install
 from lab.machine import Machine, booted
 
 from agent.config import load_config
@@ -35,11 +35,10 @@ EXAMPLE = ANSIBLE / "inventory" / "example"
 VAULT_PASSWORD = EXAMPLE / "example-vault-password"
 ROLE = ANSIBLE / "roles" / "edge_agent"
 LINT_VENV = ROOT / ".cache" / "ansible-lint-venv"
-UNIT = ROOT / "systemd" / "edge-agent.service"
 # The example vault's secrets (group_vars/gateways/vault.yml), as the gateway must receive them.
 SECRETS = {
-    "influx.token": "example-influx-token-0123456789",
-    "mqtt.password": "example-mqtt-password",
+    "influx-token": "example-influx-token-0123456789",
+    "mqtt-password": "example-mqtt-password",
 }
 
 
@@ -162,7 +161,7 @@ def test_example_inventory_renders_valid_configs(
         cfg = load_config(out / host / "agent.toml")
         assert cfg.agent.tags["plant"] in {"p001", "p002"}
         assert cfg.outputs[0].token is not None
-        assert cfg.outputs[0].token.get_secret_value() == SECRETS["influx.token"]
+        assert cfg.outputs[0].token.get_secret_value() == SECRETS["influx-token"]
         loaded = re.findall(
             r"^LoadCredential=([^:\n]+):", (out / host / "credentials.conf").read_text(), re.M
         )
@@ -177,40 +176,16 @@ def test_example_inventory_renders_valid_configs(
 
 
 # --- slow: a rollout into a booted Debian ------------------------------------------------------
-PLACEHOLDER_UNIT = """\
-[Unit]
-Description=edge-agent (the test's stand-in until systemd/edge-agent.service exists)
-[Service]
-Type=simple
-DynamicUser=yes
-StateDirectory=edge-agent
-ConfigurationDirectory=edge-agent
-ExecStart=/opt/edge-agent/bin/edge-agent run --config /etc/edge-agent/agent.toml
-[Install]
-WantedBy=multi-user.target
-"""
 N = 500
-
-
-@pytest.fixture
-def wheel(tmp_path: Path) -> Path:
-    """The agent's wheel, built from this checkout as docs/fleet.md says."""
-    dist = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)],
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    (built,) = dist.glob("edge_agent-*.whl")
-    return built
+# A secret of another service in systemd's credential store, which the role must leave alone.
+FOREIGN = "other-service-key"
 
 
 @pytest.fixture
 def influxdb_auth(tmp_path: Path) -> Iterator[InfluxDB1]:
     """InfluxDB 1.x that refuses writes without the password the vault holds: points arrive
     only if the secret travelled from the vault through the credentials to the agent."""
-    with InfluxDB1(tmp_path / "influxdb", admin=("edge-agent", SECRETS["influx.token"])) as server:
+    with InfluxDB1(tmp_path / "influxdb", admin=("edge-agent", SECRETS["influx-token"])) as server:
         yield server
 
 
@@ -244,7 +219,7 @@ def wait_count(influxdb: InfluxDB1, expected: int, timeout: float) -> int:
 
 @pytest.mark.container
 def test_rollout_to_a_booted_gateway(
-    tmp_path: Path, wheel: Path, gateway: Machine, mosquitto: Mosquitto, influxdb_auth: InfluxDB1
+    tmp_path: Path, gateway: Machine, mosquitto: Mosquitto, influxdb_auth: InfluxDB1
 ) -> None:
     influxdb = influxdb_auth
     influxdb.create_database("plants")
@@ -266,7 +241,7 @@ def test_rollout_to_a_booted_gateway(
         "edge_agent_mqtt": {
             "url": mosquitto.url,
             "username": "edge-agent",
-            "password_file": "${CREDENTIALS_DIRECTORY}/mqtt.password",
+            "password_file": "${CREDENTIALS_DIRECTORY}/mqtt-password",
         },
         "edge_agent_outputs": [
             {
@@ -275,7 +250,7 @@ def test_rollout_to_a_booted_gateway(
                 "api": "v1",
                 "database": "plants",
                 "username": "edge-agent",
-                "password_file": "${CREDENTIALS_DIRECTORY}/influx.token",
+                "password_file": "${CREDENTIALS_DIRECTORY}/influx-token",
                 "flush_interval": "200ms",
             }
         ],
@@ -284,10 +259,9 @@ def test_rollout_to_a_booted_gateway(
         "edge_agent_spool": {"max_size": "64MiB", "min_free_disk": "16MiB"},
     }
     (inventory / "host_vars" / "gw-test.yml").write_text(json.dumps(host_vars))
-    extra = {"edge_agent_wheel": str(wheel)}
-    if not UNIT.exists():
-        (tmp_path / "edge-agent.service").write_text(PLACEHOLDER_UNIT)
-        extra["edge_agent_unit_src"] = str(tmp_path / "edge-agent.service")
+    # The wheel built as docs/fleet.md says; the unit is the repository's (the role's default).
+    extra = {"edge_agent_wheel": str(install.wheel(tmp_path / "dist"))}
+    gateway.sh(f"install -d -m 0700 /etc/credstore; (umask 077; echo x > /etc/credstore/{FOREIGN})")
     log = tmp_path / "ansible.log"
     args = (
         "-i",
@@ -309,9 +283,9 @@ def test_rollout_to_a_booted_gateway(
     assert readyz(status_port)[0] == 200
 
     # The secrets arrived as credentials, and nowhere else.
-    listing = gateway.sh("stat -c '%a %U %n' /etc/edge-agent/credentials/*").split("\n")
+    listing = gateway.sh("stat -c '%a %U %n' /etc/credstore/*").split("\n")
     assert sorted(filter(None, listing)) == sorted(
-        f"600 root /etc/edge-agent/credentials/{name}" for name in SECRETS
+        f"600 root /etc/credstore/{name}" for name in [*SECRETS, FOREIGN]
     )
     for name, secret in SECRETS.items():
         loaded = gateway.sh(f"cat /run/credentials/edge-agent.service/{name}")
@@ -355,12 +329,33 @@ def test_rollout_to_a_booted_gateway(
         **extra,
         "edge_agent_mqtt": {
             **host_vars["edge_agent_mqtt"],
-            "password_file": "${CREDENTIALS_DIRECTORY}/mqtt-password",
+            "password_file": "${CREDENTIALS_DIRECTORY}/mqtt-passwd",
         },
     }
     fourth = playbook(*args, "-e", json.dumps(typo), log=log)
     assert recap(fourth, "gw-test")["failed"] == 1
     assert recap(fourth, "gw-test")["changed"] == 0
-    assert "${CREDENTIALS_DIRECTORY}/mqtt-password" in fourth.stdout, fourth.stdout[-6000:]
+    assert "${CREDENTIALS_DIRECTORY}/mqtt-passwd" in fourth.stdout, fourth.stdout[-6000:]
     assert gateway.show("edge-agent.service", "MainPID") == pid
+
+    # A secret dropped from the inventory leaves the gateway (another service's stays), and the
+    # agent restarts on the new set and carries on.
+    fewer = {
+        **extra,
+        "edge_agent_mqtt": {"url": mosquitto.url},
+        "edge_agent_credentials": [{"name": "influx-token", "content": "{{ vault_influx_token }}"}],
+    }
+    fifth = playbook(*args, "-e", json.dumps(fewer), log=log)
+    assert fifth.returncode == 0, fifth.stdout[-6000:] + fifth.stderr[-3000:]
+    assert gateway.sh("ls /etc/credstore").split() == sorted(["influx-token", FOREIGN])
+    assert gateway.sh("ls /run/credentials/edge-agent.service").split() == ["influx-token"]
+    assert gateway.show("edge-agent.service", "MainPID") != pid
+    assert readyz(status_port)[0] == 200
+    pub = Publisher(mosquitto.url, "ansible-test-publisher", qos=1)
+    for seq in range(N, 2 * N):
+        pub.publish(f"plant/line-1/sensor/s{seq % 10:02d}/temperature", str(seq))
+    assert pub.wait_acked(N, timeout=60)
+    pub.close()
+    assert wait_count(influxdb, 2 * N, timeout=60) == 2 * N
+    assert sorted(r["value"] for r in influxdb.rows("plants", "temperature")) == list(range(2 * N))
     print(f"first run {first_s:.0f} s, second run {second_s:.0f} s")
