@@ -17,10 +17,11 @@ InfluxDB 1.x:
 4. the server's own ingest limit for the same lines, gzipped in the agent's batches and posted
    by parallel keep-alive connections that do nothing else.
 
-For 3 and 4 the server runs on a core of its own and everything else (broker, publisher, agent,
-the limit's posters) on the others, the same way for both: a cloud server does not share the
-gateway's CPU, and on a 2-core machine a drain that competes with InfluxDB for cores would
-measure the sharing, not the agent.
+For 3 and 4 the server runs on a core of its own and the gateway (broker, agent, the limit's
+posters) on the others, the same way for both: a cloud server does not share the gateway's CPU,
+and on a 2-core machine a drain that competes with InfluxDB for cores would measure the
+sharing, not the agent. The simulated sensors are other devices in the field: their publisher
+runs on the server's core, at the same rate during the drain and during the limit run.
 
 PUBACK latency is taken on the wire, the same way for both contenders (bench/puback.py).
 
@@ -262,7 +263,13 @@ class Pacer:
     """bench/pace.py publishing ``rate`` readings per second under ``prefix`` until finished."""
 
     def __init__(
-        self, stack: contextlib.ExitStack, url: str, prefix: str, rate: int, seconds: float
+        self,
+        stack: contextlib.ExitStack,
+        url: str,
+        prefix: str,
+        rate: int,
+        seconds: float,
+        cpus: set[int] | None = None,
     ) -> None:
         argv = ["--url", url, "--client-id", f"{prefix}-pub", "--prefix", prefix]
         argv += ["--rate", str(rate), "--seconds", str(seconds)]
@@ -275,6 +282,8 @@ class Pacer:
         if started is None:
             raise RuntimeError("the publisher did not start")
         self.started = float(started.split()[1])
+        if cpus is not None:
+            pin(self.proc.pid, cpus)
 
     def finish(self) -> dict[str, Any]:
         """Stop publishing; what was published and acknowledged, and how late it ever ran."""
@@ -550,6 +559,13 @@ def server_core() -> set[int]:
     return {max(os.sched_getaffinity(0))}
 
 
+def sensors_cpus() -> set[int] | None:
+    """Where the simulated sensors publish from in the outage and the limit runs: in the field
+    they are other devices, so they are kept off the gateway's cores (on the server's, the same
+    way for the drain and for the limit it is compared with)."""
+    return server_core() if len(os.sched_getaffinity(0)) > 1 else None
+
+
 @contextlib.contextmanager
 def split_cores(lab: Lab) -> Iterator[None]:
     """The server on a core of its own; this process (so every process it starts from now on),
@@ -577,7 +593,7 @@ def run_outage(lab: Lab, seconds: float) -> Outage:
     with contextlib.ExitStack() as stack:
         agent = Agent(stack, lab, cid, config, status_port)
         run_for = lab.warmup + STEADY_SAMPLE + seconds + RECOVERY_TIMEOUT + 10
-        pacer = Pacer(stack, lab.broker.publish_url, cid, rate, run_for)
+        pacer = Pacer(stack, lab.broker.publish_url, cid, rate, run_for, sensors_cpus())
         time.sleep(max(0.0, pacer.started + lab.warmup - time.monotonic()))
         # Drained: less than a batch left unsent. The rest goes at the next flush_interval,
         # as in steady state; waiting for it would time the flush timer, not the drain.
@@ -676,7 +692,9 @@ def ingest_limit(lab: Lab, config: Path) -> Limit:
     db = "limit"
     lab.influx.create_database(db)
     post_all(lab.influx.port, db, bodies[:1], 1)
-    seconds = post_all(lab.influx.port, db, bodies[1:], LIMIT_THREADS)
+    with contextlib.ExitStack() as stack:  # the sensors, on the server's core as in the drain
+        Pacer(stack, lab.broker.publish_url, "limitload", OUTAGE_RATE, 300, sensors_cpus())
+        seconds = post_all(lab.influx.port, db, bodies[1:], LIMIT_THREADS)
     return Limit(
         lines=LIMIT_BATCHES * out.batch_size,
         seconds=seconds,
