@@ -73,18 +73,20 @@ class Reporter:
                 await asyncio.wait_for(stop.wait(), due - time.monotonic())
 
     async def report(self) -> None:
-        """One interval: measure, write. Whatever fails costs this interval's points (the next
-        ones carry the counters on), never the agent's intake."""
+        """One interval: stamp, measure, write. Whatever fails costs this interval's points (the
+        next ones carry the counters on), never the agent's intake."""
         try:
-            await self._write(await self.measure())
+            holding, stamp = self._stamp()
+            await self._write(await self.measure(), holding, stamp)
         except Exception:
             suppressed = self._log.allow("failed")
             if suppressed is not None:
                 log.exception("telemetry_failed", suppressed_since_last=suppressed)
 
     async def measure(self) -> Health:
+        """The agent's numbers first, with no await between them and the stamp; then the
+        outputs' backlogs, which the spool thread counts."""
         m = self.metrics
-        outputs = [await self._output(output) for output in self.outputs]
         spool = self.spool
         agent = AgentHealth(
             received=_total(m.received),
@@ -100,6 +102,7 @@ class Reporter:
             version=self.version,
         )
         dropped = {labels["reason"]: int(value) for labels, value in _counts(m.dropped)}
+        outputs = [await self._output(output) for output in self.outputs]
         return Health(agent, outputs, dropped)
 
     async def _output(self, output: Output) -> OutputHealth:
@@ -126,22 +129,28 @@ class Reporter:
             dead_letters=_total(m.dead_letters, output=name),
         )
 
-    async def _write(self, health: Health) -> None:
-        """Stamped now; once the clock is trusted, what was held goes first."""
+    def _stamp(self) -> tuple[bool, int]:
+        """The time of this interval's points, taken as they are measured (placing held points
+        before writing them may take a while), and whether the boot clock gave it."""
         watch, clock = self.clock_watch, self.clock
-        if watch.trust.trusted:
-            await self._place_held()
-        watch.look()  # a step must be seen before anything is stamped with it: no await between
+        watch.look()  # a step must be seen before anything is stamped with it
         clock.holding = not watch.trust.trusted
         stamp = clock.next()
         clock.boot_stamped.clear()
+        return clock.holding, stamp
+
+    async def _write(self, health: Health, holding: bool, stamp: int) -> None:
+        """Once the clock is trusted, what was held goes first."""
+        trust = self.clock_watch.trust
+        if trust.trusted:
+            await self._place_held()
         lines = [
             line.encode()
             for line in points(self.cfg.agent.name, self.cfg.agent.tags, health, stamp)
         ]
         stream = STREAM
-        if clock.holding:
-            stream = hold.stream_of(watch.trust.boot, STREAM)
+        if holding:
+            stream = hold.stream_of(trust.boot, STREAM)
             lines = hold.mark(lines, [True] * len(lines))
         result = await self.spool.commit({stream: Body(b"\n".join(lines), len(lines))})
         for drop in result.drops:
