@@ -36,11 +36,10 @@ from agent.source.redelivery import RedeliveryGuard
 from agent.spool.budget import Budget
 from agent.spool.store import Spool
 from agent.status import server
-from agent.status.metrics import Metrics
+from agent.status.metrics import TELEMETRY, Metrics
 from agent.status.notify import Notifier
-from agent.status.supervisor import OutputState, Supervisor, status_line
-from agent.status.reporter import STREAM as TELEMETRY
 from agent.status.reporter import Reporter
+from agent.status.supervisor import OutputState, Supervisor, status_line
 
 log = structlog.get_logger("edge_agent")
 

@@ -16,10 +16,10 @@ from agent.clock.trust import NS, ClockTrust
 from agent.clock.watch import ClockWatch, sample
 from agent.config import Config, ConfigError, load_config
 from agent.parse.lineprotocol import parse_line
-from agent.spool.budget import Budget
+from agent.spool.budget import Budget, ChunkInfo, plan_drops
 from agent.spool.store import Body, Position, Spool
-from agent.status.metrics import DROP_REASONS, Metrics
-from agent.status.reporter import STREAM, Reporter
+from agent.status.metrics import DROP_REASONS, TELEMETRY, Metrics
+from agent.status.reporter import Reporter
 from agent.status.telemetry import AgentHealth, Health, OutputHealth, points
 
 STAMP = 1_795_000_000_000_000_000
@@ -272,7 +272,7 @@ async def stage(tmp_path: Path) -> tuple[Reporter, Spool, Metrics]:
     )
     spool = Spool(tmp_path / "spool.db", BUDGET, "normal")
     await spool.open()
-    await spool.register({"cloud": [STREAM]})
+    await spool.register({"cloud": [TELEMETRY]})
     metrics = Metrics()
     trust = ClockTrust("verify", 2.0, boot=7)  # confirmed by nothing until the test says so
     watch = ClockWatch(trust, spool, metrics, [], lambda: None)
@@ -288,10 +288,10 @@ async def test_points_are_held_on_the_boot_clock_and_placed_at_their_true_time(
     tmp_path: Path,
 ) -> None:
     reporter, spool, metrics = await stage(tmp_path)
-    held = hold.stream_of(7, STREAM)
+    held = hold.stream_of(7, TELEMETRY)
     measured = time.time_ns()
     await reporter.report()
-    assert await telemetry_lines(spool, STREAM) == []
+    assert await telemetry_lines(spool, TELEMETRY) == []
     marked = await telemetry_lines(spool, held)
     assert len(marked) == 1 + len(DROP_REASONS)
     assert all(line.startswith(hold.BOOT_STAMPED) for line in marked)
@@ -302,7 +302,7 @@ async def test_points_are_held_on_the_boot_clock_and_placed_at_their_true_time(
     assert trust.server_time(time.time(), sample(), sample(), "a server") == "trusted"
     await reporter.report()
     assert spool.streams_like(hold.PREFIX) == []
-    sent = [parse_line(line.decode()) for line in await telemetry_lines(spool, STREAM)]
+    sent = [parse_line(line.decode()) for line in await telemetry_lines(spool, TELEMETRY)]
     assert len(sent) == 2 * (1 + len(DROP_REASONS))
     first, second = sent[0], sent[1 + len(DROP_REASONS)]
     assert first.fields["clock_trusted"] == 0 and second.fields["clock_trusted"] == 1
@@ -320,12 +320,12 @@ async def test_points_held_in_an_earlier_unconfirmed_boot_are_discarded_and_coun
     tmp_path: Path,
 ) -> None:
     reporter, spool, metrics = await stage(tmp_path)
-    earlier = hold.stream_of(6, STREAM)
+    earlier = hold.stream_of(6, TELEMETRY)
     await spool.commit({earlier: Body(b"B edge_agent,agent=gw received=1i 5000000000", 1)})
     assert reporter.clock_watch.trust.server_time(time.time(), sample(), sample(), "s")
     await reporter.report()
     assert spool.streams_like(hold.PREFIX) == []
-    assert len(await telemetry_lines(spool, STREAM)) == 1 + len(DROP_REASONS)  # today's only
+    assert len(await telemetry_lines(spool, TELEMETRY)) == 1 + len(DROP_REASONS)  # today's only
     assert (
         metrics.registry.get_sample_value("edge_telemetry_points_total", {"result": "unplaceable"})
         == 1
@@ -333,11 +333,37 @@ async def test_points_held_in_an_earlier_unconfirmed_boot_are_discarded_and_coun
     await spool.close()
 
 
+def test_the_budget_gives_up_readings_before_telemetry_held_or_not() -> None:
+    chunks = [
+        ChunkInfo(1, hold.stream_of(1, TELEMETRY), 0.0, 100),
+        ChunkInfo(2, TELEMETRY, 0.0, 100),
+        ChunkInfo(3, "aggregates", 0.0, 100),
+        ChunkInfo(4, hold.stream_of(1), 0.0, 100),
+        ChunkInfo(5, "raw", 0.0, 100),
+    ]
+    plan = plan_drops(Budget(450, 3600, 0, "drop_oldest"), chunks, 500, 150, 1 << 30, 10.0)
+    assert plan.drop == ((4, "max_size"), (5, "max_size"))
+    plan = plan_drops(Budget(350, 3600, 0, "drop_oldest"), chunks, 500, 150, 1 << 30, 10.0)
+    assert plan.drop == ((4, "max_size"), (5, "max_size"), (1, "max_size"))
+
+
+def test_telemetry_the_budget_gave_up_is_not_counted_as_readings() -> None:
+    metrics = Metrics()
+    metrics.spool_dropped(hold.stream_of(1, TELEMETRY), "max_size", 7)
+    metrics.spool_dropped(TELEMETRY, "max_age", 7)
+    metrics.spool_dropped(hold.stream_of(1), "max_size", 3)
+    metrics.spool_dropped("raw", "max_size", 2)
+    value = metrics.registry.get_sample_value
+    assert value("edge_readings_dropped_total", {"reason": "max_size"}) == 5
+    assert value("edge_readings_dropped_total", {"reason": "max_age"}) is None
+    assert value("edge_telemetry_points_total", {"result": "dropped"}) == 14
+
+
 def test_held_streams_of_readings_and_of_telemetry_are_told_apart() -> None:
-    streams = [hold.stream_of(1), hold.stream_of(1, STREAM), hold.stream_of(2)]
+    streams = [hold.stream_of(1), hold.stream_of(1, TELEMETRY), hold.stream_of(2)]
     assert streams == ["held:1", "held:1:telemetry", "held:2"]
     assert [hold.boot_of(s) for s in streams] == [1, 1, 2]
     assert hold.placed_into(streams, "raw") == ["held:1", "held:2"]
-    assert hold.placed_into(streams, STREAM) == ["held:1:telemetry"]
+    assert hold.placed_into(streams, TELEMETRY) == ["held:1:telemetry"]
     assert [hold.label(s) for s in (*streams, "raw")] == ["held", "held_telemetry", "held", "raw"]
     assert hold.target_of("raw") is None

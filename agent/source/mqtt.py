@@ -318,7 +318,7 @@ class MqttSource:
         while True:
             result = await self.spool.commit(bodies, records=records, clock_floor=floor)
             for drop in result.drops:
-                self.metrics.dropped.labels(drop.reason).inc(drop.lines)
+                self.metrics.spool_dropped(drop.stream, drop.reason, drop.lines)
                 log.warning(
                     "spool_dropped", stream=drop.stream, reason=drop.reason, lines=drop.lines
                 )

@@ -30,12 +30,10 @@ from agent.forward.output import Output
 from agent.logs import RateLimited
 from agent.parse.clock import IngestClock
 from agent.spool.store import Body, Spool
-from agent.status.metrics import Metrics
+from agent.status.metrics import TELEMETRY, Metrics
 from agent.status.telemetry import AgentHealth, Health, OutputHealth, points
 
 log = structlog.get_logger("edge_agent.telemetry")
-
-STREAM = "telemetry"
 
 
 class Reporter:
@@ -148,13 +146,13 @@ class Reporter:
             line.encode()
             for line in points(self.cfg.agent.name, self.cfg.agent.tags, health, stamp)
         ]
-        stream = STREAM
+        stream = TELEMETRY
         if holding:
-            stream = hold.stream_of(trust.boot, STREAM)
+            stream = hold.stream_of(trust.boot, TELEMETRY)
             lines = hold.mark(lines, [True] * len(lines))
         result = await self.spool.commit({stream: Body(b"\n".join(lines), len(lines))})
         for drop in result.drops:
-            self.metrics.dropped.labels(drop.reason).inc(drop.lines)
+            self.metrics.spool_dropped(drop.stream, drop.reason, drop.lines)
             log.warning("spool_dropped", stream=drop.stream, reason=drop.reason, lines=drop.lines)
         self.metrics.telemetry_points.labels("written" if result.committed else "not_written").inc(
             len(lines)
@@ -172,13 +170,13 @@ class Reporter:
         """Points held while the clock was unconfirmed, onto the wall clock. Those of an earlier
         boot whose clock was never confirmed cannot be placed: discarded, counted, logged."""
         trust = self.clock_watch.trust
-        for stream in hold.placed_into(self.spool.streams_like(hold.PREFIX), STREAM):
+        for stream in hold.placed_into(self.spool.streams_like(hold.PREFIX), TELEMETRY):
             offset = trust.offset if hold.boot_of(stream) == trust.boot else None
             while chunk := await self.spool.oldest_chunk(stream):
                 cid, body = chunk
                 placed = hold.place(body, offset, time.time_ns(), 0, 0)
                 moved = Body(b"\n".join(placed.lines), len(placed.lines))
-                await self.spool.move_chunk(stream, cid, STREAM, moved)
+                await self.spool.move_chunk(stream, cid, TELEMETRY, moved)
                 if placed.rejected:
                     self.metrics.telemetry_points.labels("unplaceable").inc(len(placed.rejected))
                     log.warning(
