@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -204,9 +205,13 @@ class OutputSection(_Model):
     username: str | None = None
     password: SecretStr | None = None
     password_file: CredentialPath | None = None
-    # Whatever order is written, aggregates are sent before raw readings: after an outage the
-    # dashboards' summaries are current while the raw history backfills behind them.
-    streams: list[Literal["raw", "aggregates"]] = Field(default=["raw"], min_length=1)
+    # Whatever order is written, the agent's telemetry goes first, then aggregates, then raw
+    # readings: after an outage the fleet's view of the gateway and the dashboards' summaries
+    # are current while the raw history backfills behind them. Telemetry is on by default, so
+    # a fleet sees every gateway's health without configuring each one (docs/telemetry.md).
+    streams: list[Literal["raw", "aggregates", "telemetry"]] = Field(
+        default=["raw", "telemetry"], min_length=1
+    )
     batch_size: int = Field(default=5000, ge=1)
     batch_bytes: ByteSize = 4 * 1024 * 1024
     flush_interval: Duration = 1.0
@@ -295,6 +300,19 @@ class ClockSection(_Model):
         return self
 
 
+class TelemetrySection(_Model):
+    """The agent's own health, written to its spool's ``telemetry`` stream (docs/telemetry.md)."""
+
+    interval: Duration = 30.0  # 0 turns it off
+
+    @field_validator("interval")
+    @classmethod
+    def _check_interval(cls, interval: float) -> float:
+        if 0 < interval < 0.1:
+            raise ValueError("must be 0 (off) or at least 100ms")
+        return interval
+
+
 class StatusSection(_Model):
     enabled: bool = True
     listen: str = "127.0.0.1:9466"
@@ -327,6 +345,7 @@ class Config(BaseSettings):
     aggregations: list[AggregationSection] = []
     spool: SpoolSection = SpoolSection()
     clock: ClockSection = ClockSection()
+    telemetry: TelemetrySection = TelemetrySection()
     status: StatusSection = StatusSection()
 
     @model_validator(mode="after")

@@ -36,8 +36,9 @@ from agent.source.redelivery import RedeliveryGuard
 from agent.spool.budget import Budget
 from agent.spool.store import Spool
 from agent.status import server
-from agent.status.metrics import Metrics
+from agent.status.metrics import TELEMETRY, Metrics
 from agent.status.notify import Notifier
+from agent.status.reporter import Reporter
 from agent.status.supervisor import OutputState, Supervisor, status_line
 
 log = structlog.get_logger("edge_agent")
@@ -137,6 +138,7 @@ class Agent:
         self.redactor = Redactor(cfg.secrets())
         self.notifier = Notifier()
         self.backlogs: dict[str, int] = {}  # lines each output has yet to send, by _stats_loop
+        self.started = time.monotonic()
 
     def problems(self) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -155,7 +157,9 @@ class Agent:
         return found
 
     def _held(self) -> int:
-        return sum(self.spool.stats[s].lines for s in self.spool.streams_like(hold.PREFIX))
+        """Readings held for the clock (the agent's own held telemetry is not counted)."""
+        streams = hold.placed_into(self.spool.streams_like(hold.PREFIX), "raw")
+        return sum(self.spool.stats[s].lines for s in streams)
 
     def status_line(self) -> str:
         """For ``systemctl status``: what /readyz says, in one line."""
@@ -225,11 +229,16 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # Written only if an output reads it: a stream nobody reads would only fill the spool.
+        telemetry = bool(cfg.telemetry.interval) and any(
+            TELEMETRY in o.streams for o in cfg.outputs
+        )
         log.info(
             "agent_started",
             name=cfg.agent.name,
             data_dir=str(data),
             outputs=[o.name for o in cfg.outputs],
+            telemetry_interval=cfg.telemetry.interval if telemetry else 0,
             pid=os.getpid(),
         )
         tune_gc()
@@ -240,6 +249,17 @@ class Agent:
         if cfg.aggregations:
             stage_tasks.append(asyncio.create_task(aggregator.run(self.stop), name="aggregator"))
         stage_tasks.append(asyncio.create_task(clock_watch.run(self.stop), name="clock"))
+        if telemetry:
+            reporter = Reporter(
+                cfg,
+                self.spool,
+                self.metrics,
+                clock_watch,
+                self.outputs,
+                self._mqtt_up,
+                self.started,
+            )
+            stage_tasks.append(asyncio.create_task(reporter.run(self.stop), name="telemetry"))
         stats_task = asyncio.create_task(self._stats_loop(), name="stats")
         self.notifier.ready(self.status_line())
         supervisor = Supervisor(self.notifier, self.spool.probe, self.status_line)
@@ -288,7 +308,7 @@ class Agent:
         while True:
             by_label: dict[str, tuple[int, int, float]] = {}
             for stream, stats in self.spool.stats.items():
-                label = "held" if stream.startswith(hold.PREFIX) else stream
+                label = hold.label(stream)
                 lines, size, age = by_label.get(label, (0, 0, 0.0))
                 by_label[label] = (
                     lines + stats.lines,

@@ -43,13 +43,16 @@ _SIZE_UNITS = {
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from a number (seconds) or a Go-style string such as "1h30m", "500ms", "7d"."""
+    """Seconds from a number (seconds) or a Go-style string such as "1h30m", "500ms", "7d"; as
+    in Go, "0" needs no unit (an environment variable's "0" turns a feature off)."""
     if isinstance(value, bool):
         raise ValueError("a duration must be a number of seconds or a string like '1m30s'")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip().replace(" ", "")
+        if text == "0":
+            return 0.0
         pos, seconds = 0, 0.0
         for match in _DURATION_PART.finditer(text):
             if match.start() != pos:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -49,6 +50,15 @@ def influxdb(tmp_path: Path) -> Iterator[InfluxDB1]:
 @pytest.fixture
 def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     yield from _run(VictoriaMetrics(tmp_path / "victoria"))
+
+
+@pytest.fixture
+def libfaketime() -> str:
+    """The library that fakes an agent's wall clock (tests/test_clock_steps.py's FakeClock)."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not found:
+        pytest.fail("libfaketime is missing: run `scripts/dev test`", pytrace=False)
+    return found[0]
 
 
 # --- the agent as a subprocess ----------------------------------------------------------------

@@ -9,7 +9,6 @@ clock here is InfluxDB's Date header, as on a gateway whose NTP has not answered
 
 from __future__ import annotations
 
-import glob
 import threading
 import time
 from pathlib import Path
@@ -25,14 +24,6 @@ from agent.tools.simulate import Publisher
 pytestmark = pytest.mark.e2e
 
 SENSORS = 5
-
-
-@pytest.fixture
-def libfaketime() -> str:
-    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
-    if not found:
-        pytest.fail("libfaketime is missing: run `scripts/dev test`", pytrace=False)
-    return found[0]
 
 
 class FakeClock:

@@ -113,7 +113,9 @@ def test_operator_commands_beside_a_running_agent_and_after(
         mosquitto.url,
         output_toml("cloud", f"http://127.0.0.1:{free_port()}", "v1", retry_max_backoff="1s")
         + output_toml("live", influxdb.url, "v1", database="live", flush_interval="0.2s"),
-        extra='[clock]\ntrust = "system"',  # no NTP here: readings would be held, not spooled
+        # No NTP here: readings would be held, not spooled. No telemetry: the backlogs and
+        # exports counted below are exactly the readings published (docs/telemetry.md).
+        extra='[clock]\ntrust = "system"\n[telemetry]\ninterval = "0"',
     )
     config = agent.config
     agent.start()

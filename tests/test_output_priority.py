@@ -1,5 +1,6 @@
-"""Two streams through one output during and after an outage: aggregates go first, whatever the
-config order, and a failing server gets one probe at a time, not max_in_flight retries."""
+"""Streams through one output during and after an outage: the agent's telemetry goes first, then
+aggregates, then raw, whatever the config order, and a failing server gets one probe at a time,
+not max_in_flight retries."""
 
 from __future__ import annotations
 
@@ -99,3 +100,30 @@ async def test_connection_refused_then_aggregates_first(tmp_path: Path) -> None:
             await rig.wait(lambda: len(server.lines) == len(raw) + len(aggregates))
         assert first_write_holds_aggregates(server, aggregates) == 1  # 50 lines: one batch
         assert sorted(server.lines) == sorted(raw + aggregates)
+
+
+async def test_connection_refused_then_telemetry_then_aggregates_then_raw(tmp_path: Path) -> None:
+    raw, aggregates = lines(3000), aggregate_lines(50)
+    telemetry = [
+        f"edge_agent,agent=gw received={i}i {1_700_000_000_000_000_000 + i}" for i in range(20)
+    ]
+    with FaultServer() as server:
+        server.stop()
+        async with Rig(
+            tmp_path,
+            server,
+            streams=["raw", "aggregates", "telemetry"],
+            batch_size=500,
+            max_in_flight=1,  # one write at a time: the order of writes is the gate's order
+            retry_max_backoff=0.1,
+        ) as rig:
+            await rig.spool.ingest("raw", raw)
+            await rig.spool.ingest("aggregates", aggregates)
+            await rig.spool.ingest("telemetry", telemetry)
+            await read_to_the_end(rig, "telemetry")
+            await rig.wait(lambda: rig.metric("edge_output_retries_total") >= 3)
+            server.start()
+            await rig.wait(lambda: len(server.lines) == len(raw) + len(aggregates) + 20)
+        first, second = server.accepted[:2]
+        assert first == telemetry and second == aggregates
+        assert sorted(server.lines) == sorted(raw + aggregates + telemetry)

@@ -2,7 +2,9 @@
 placed on the wall clock once it is. Pure byte work, so every rule is tested without a spool.
 
 They are committed (and so acknowledged) like any reading, but to a held stream of the spool,
-one per boot (``held:<boot id>``), that no output reads. Each line is marked:
+one per boot (``held:<boot id>``), that no output reads. The agent's own telemetry points are
+held the same way, in ``held:<boot id>:telemetry``, and placed into the ``telemetry`` stream.
+Each line is marked:
 
 - ``B``: stamped from the boot clock, which never steps. Placed by adding the offset between the
   wall clock and the boot clock at the moment the wall clock is trusted: the exact wall time of
@@ -15,7 +17,7 @@ one per boot (``held:<boot id>``), that no output reads. Each line is marked:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from agent.parse.clock import TimestampRejected, check_bounds
@@ -25,15 +27,37 @@ BOOT_STAMPED = b"B "
 OWN_STAMP = b"W "
 
 
-def stream_of(boot: int) -> str:
-    return f"{PREFIX}{boot}"
+def stream_of(boot: int, target: str = "raw") -> str:
+    """The held stream of ``boot`` whose lines are placed into ``target`` (readings: raw)."""
+    return f"{PREFIX}{boot}" if target == "raw" else f"{PREFIX}{boot}:{target}"
 
 
 def boot_of(stream: str) -> int | None:
     """The boot a held stream belongs to; None for any other stream."""
     if not stream.startswith(PREFIX):
         return None
-    return int(stream[len(PREFIX) :])
+    return int(stream[len(PREFIX) :].partition(":")[0])
+
+
+def target_of(stream: str) -> str | None:
+    """The stream a held stream's lines are placed into; None for any other stream."""
+    if not stream.startswith(PREFIX):
+        return None
+    return stream[len(PREFIX) :].partition(":")[2] or "raw"
+
+
+def placed_into(streams: Iterable[str], target: str) -> list[str]:
+    """The held streams among ``streams`` whose lines are placed into ``target``."""
+    return [stream for stream in streams if target_of(stream) == target]
+
+
+def label(stream: str) -> str:
+    """A stream as metrics name it: held streams are per boot, the metrics call them all "held"
+    (readings) or "held_<target>" (the agent's telemetry)."""
+    target = target_of(stream)
+    if target is None:
+        return stream
+    return "held" if target == "raw" else f"held_{target}"
 
 
 def mark(lines: Sequence[bytes], boot_stamped: Sequence[bool]) -> list[bytes]:

@@ -3,8 +3,8 @@
 Each stream has its own dispatcher (read head, pending batches, durable cursor); the cursor of a
 stream moves over the longest prefix of its batches that have all succeeded, so a crash can only
 resend (the same points, which the server upserts), never skip. Every attempt of the output
-passes one priority gate (gate.py): aggregates before raw, older batches before newer, and one
-probe at a time while the server is failing.
+passes one priority gate (gate.py): telemetry, then aggregates, then raw, older batches before
+newer, and one probe at a time while the server is failing.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from agent.status.metrics import Metrics
 
 log = structlog.get_logger("edge_agent.output")
 
-# After an outage the dashboards' summaries are current within seconds; raw history backfills.
-_SEND_ORDER = ("aggregates", "raw")
+# After an outage the gateway's own health (a few points per interval) and the dashboards'
+# summaries are current within seconds; raw history backfills.
+_SEND_ORDER = ("telemetry", "aggregates", "raw")
 _RETRYABLE = (Action.RETRY, Action.THROTTLE, Action.CONFIG)
 UNREACHABLE_PROBE = 1.0  # seconds between pings while the server gives no answer at all
 DISK_RETRY = 2.0  # seconds between attempts at a dead-letter write the disk refused
@@ -80,6 +81,7 @@ class Output:
         self.healthy = True
         self.problem = ""
         self.disk_problem = ""  # a dead-letter write the disk refuses, being retried
+        self.last_success: float | None = None  # monotonic: its age survives wall-clock steps
         self._streams = [_Stream(s, cfg.max_in_flight) for s in cfg.streams]
         self._gate = Gate(cfg.max_in_flight, full_jitter(cfg.retry_max_backoff))
         self._disk_log = RateLimited(30.0)
@@ -243,6 +245,7 @@ class Output:
                     self._gate.passed()
                     self._set_healthy()
                     if outcome.action is Action.SUCCESS:
+                        self.last_success = time.monotonic()
                         self.metrics.last_success.labels(self.name).set(time.time())
                     return outcome, ends
                 wait = self._gate.failed(ticket, self._wait_after(outcome))

@@ -283,7 +283,7 @@ class MqttSource:
         self.guard.committed(records.commit)
         self.metrics.commit_seconds.observe(time.perf_counter() - began)
         for stream, body in bodies.items():
-            self.metrics.committed.labels(_stream_label(stream)).inc(body.lines)
+            self.metrics.committed.labels(hold.label(stream)).inc(body.lines)
         self.metrics.redeliveries.inc(redelivered)
         for label, count in out.received.items():
             self.metrics.received.labels(label).inc(count)
@@ -318,7 +318,7 @@ class MqttSource:
         while True:
             result = await self.spool.commit(bodies, records=records, clock_floor=floor)
             for drop in result.drops:
-                self.metrics.dropped.labels(drop.reason).inc(drop.lines)
+                self.metrics.spool_dropped(drop.stream, drop.reason, drop.lines)
                 log.warning(
                     "spool_dropped", stream=drop.stream, reason=drop.reason, lines=drop.lines
                 )
@@ -347,7 +347,11 @@ class MqttSource:
     # -- readings held for the clock -------------------------------------------------------------
 
     def _held_to_place(self) -> bool:
-        return self.clock_watch.trust.trusted and bool(self.spool.streams_like(hold.PREFIX))
+        return self.clock_watch.trust.trusted and bool(self._held_streams())
+
+    def _held_streams(self) -> list[str]:
+        """Held readings; the telemetry stage places its own held points."""
+        return hold.placed_into(self.spool.streams_like(hold.PREFIX), "raw")
 
     async def _place_held(self, gone: asyncio.Task[None], stopping: asyncio.Task[bool]) -> bool:
         """Move the held readings into the raw stream, on the wall clock, before anything stamped
@@ -355,7 +359,7 @@ class MqttSource:
         trust = self.clock_watch.trust
         clock = self.mapper.clock
         placed = rejected = 0
-        for stream in self.spool.streams_like(hold.PREFIX):
+        for stream in self._held_streams():
             offset = trust.offset if hold.boot_of(stream) == trust.boot else None
             while not stopping.done() and (chunk := await self.spool.oldest_chunk(stream)):
                 cid, body = chunk
@@ -432,11 +436,6 @@ def tls_context(cfg: MQTTSection) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-def _stream_label(stream: str) -> str:
-    """Held streams are named per boot; the metrics call them all "held"."""
-    return "held" if stream.startswith(hold.PREFIX) else stream
 
 
 async def _until_disconnected(client: aiomqtt.Client) -> None:

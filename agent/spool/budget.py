@@ -1,8 +1,9 @@
 """Which chunks to give up, or whether to stop taking messages, when a spool budget is hit.
 
 Pure logic, so the policy is tested without a disk. Raw readings (and readings held for the
-clock, which become raw) go before aggregates, oldest first: an aggregate summarises many
-readings, so losing it costs more.
+clock, which become raw) go before aggregates and the agent's telemetry, oldest first: an
+aggregate summarises many readings, so losing it costs more, and the telemetry of an outage
+(a few points an interval) is how the fleet learns what the gateway went through.
 
 Ages are read on an age clock, not the wall clock: a Raspberry Pi that boots in 1970 and is then
 stepped to today by NTP would otherwise find its whole backlog 56 years old and drop it.
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-DROP_FIRST = ("raw", "held:")
+from agent.clock import hold
 
 
 class AgeClock:
@@ -53,7 +54,8 @@ class DropPlan:
 
 
 def _drop_rank(chunk: ChunkInfo) -> tuple[int, int]:
-    return (0 if chunk.stream.startswith(DROP_FIRST) else 1), chunk.id
+    raw = chunk.stream == "raw" or hold.target_of(chunk.stream) == "raw"
+    return (0 if raw else 1), chunk.id
 
 
 def plan_drops(

@@ -48,6 +48,15 @@ class StreamStats:
 
 
 @dataclass(frozen=True, slots=True)
+class Pending:
+    """What a consumer has still to read of a stream."""
+
+    lines: int
+    stored: int  # bytes as stored (compressed); a chunk read in part counts pro rata
+    oldest: float | None  # ``created`` of the chunk its next line is in; None when caught up
+
+
+@dataclass(frozen=True, slots=True)
 class ReadResult:
     """Lines read from a position; ``end`` is where the consumer stands once they are delivered."""
 
@@ -289,6 +298,19 @@ class Chunks:
             (pos.chunk, pos.line, stream, pos.chunk),
         ).fetchone()
         return int(row[0]) - int(row[1])
+
+    def pending(self, stream: str, pos: Position) -> Pending:
+        """``backlog``, with the bytes and the age of what it counts."""
+        lines, stored, oldest, read, read_stored = self.db.conn.execute(
+            "SELECT coalesce(sum(lines), 0), coalesce(sum(coalesce(stored, bytes)), 0), "
+            "min(created), coalesce(sum(CASE WHEN id=? THEN ? ELSE 0 END), 0), "
+            "coalesce(sum(CASE WHEN id=? THEN coalesce(stored, bytes) * ? / lines ELSE 0 END), 0) "
+            "FROM chunks WHERE stream=? AND id>=?",
+            (pos.chunk, pos.line, pos.chunk, pos.line, stream, pos.chunk),
+        ).fetchone()
+        if int(lines) - int(read) <= 0:
+            return Pending(0, 0, None)
+        return Pending(int(lines) - int(read), int(stored) - int(read_stored), float(oldest))
 
 
 def decode(body: bytes, codec: int) -> bytes:

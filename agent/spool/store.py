@@ -26,7 +26,7 @@ from typing import Literal, TypeVar
 from agent.spool import checkpoints, meta, records
 from agent.spool.budget import AgeClock, Budget, ChunkInfo, DropPlan, plan_drops
 from agent.spool.checkpoints import Checkpoint, WindowRows
-from agent.spool.chunks import Batch, Body, Chunks, Position, ReadResult, StreamStats
+from agent.spool.chunks import Batch, Body, Chunks, Pending, Position, ReadResult, StreamStats
 from agent.spool.cursors import Cursors, Key
 from agent.spool.db import RESERVE_BYTES, Database, SpoolError, is_full
 from agent.spool.deflate import Segment
@@ -39,6 +39,7 @@ __all__ = [
     "Checkpoint",
     "Drop",
     "IngestResult",
+    "Pending",
     "Position",
     "ReadResult",
     "Records",
@@ -314,6 +315,10 @@ class Spool:
     async def backlog(self, stream: str, pos: Position) -> int:
         """Lines in ``stream`` at or after ``pos``."""
         return await self.database.run(self.chunks.backlog, stream, pos)
+
+    async def pending(self, stream: str, pos: Position) -> Pending:
+        """Lines in ``stream`` at or after ``pos``, their stored bytes and oldest chunk."""
+        return await self.database.run(self.chunks.pending, stream, pos)
 
     # -- the commit path (spool thread) ----------------------------------------------------------
 

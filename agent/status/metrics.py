@@ -11,6 +11,12 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
+from agent.clock import hold
+
+# Why a point or message is given up: every label value of edge_readings_dropped.
+DROP_REASONS = ("malformed", "max_size", "max_age", "min_free_disk", "dead_letter")
+TELEMETRY = "telemetry"  # the spool stream of the agent's own health points
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -24,8 +30,7 @@ class Metrics:
         )
         self.dropped = Counter(
             "edge_readings_dropped",
-            "Points or messages given up, by reason (malformed, max_size, max_age, "
-            "min_free_disk, dead_letter)",
+            f"Points or messages given up, by reason ({', '.join(DROP_REASONS)})",
             ["reason"],
             registry=r,
         )
@@ -42,6 +47,15 @@ class Metrics:
             "Failed dead-letter writes (disk full, read-only): retried, the cursor or the "
             "acknowledgement waits",
             ["file"],
+            registry=r,
+        )
+        self.telemetry_points = Counter(
+            "edge_telemetry_points",
+            "The agent's own health points (docs/telemetry.md), by result (written: to the "
+            "spool; not_written: the spool refused them, disk or budget; dropped: by the "
+            "spool's budget, not counted as readings; unplaceable: stamped by the boot clock "
+            "of an earlier boot whose wall clock was never confirmed)",
+            ["result"],
             registry=r,
         )
         self.clock_trusted = Gauge(
@@ -206,3 +220,11 @@ class Metrics:
             ["aggregation"],
             registry=r,
         )
+
+    def spool_dropped(self, stream: str, reason: str, lines: int) -> None:
+        """Lines the spool's budget gave up: readings count as dropped readings, the agent's
+        telemetry points apart."""
+        if stream == TELEMETRY or hold.target_of(stream) == TELEMETRY:
+            self.telemetry_points.labels("dropped").inc(lines)
+        else:
+            self.dropped.labels(reason).inc(lines)
