@@ -373,36 +373,6 @@ def publish_plant(url: str, rounds: int) -> None:
     pub.close()
 
 
-def seed_telemetry(influx: InfluxDB1, db: str, agent: str, tags: dict[str, str]) -> None:
-    """STAND-IN for the agent's own [telemetry] (not on main yet): points with exactly its
-    schema, every 30 s over the last 15 minutes, for this agent and for a gateway that fell
-    silent 8 minutes ago. Replace with the real agent's telemetry once it lands."""
-    now = int(time.time())
-    lines = []
-    for name, stop in ((agent, now), ("gw-silent", now - 480)):
-        head = ",".join([f"{TELEMETRY},agent={name}", *(f"{k}={v}" for k, v in tags.items())])
-        for n, ts in enumerate(range(now - 900, stop + 1, 30)):
-            stamp = f"{ts}000000000"
-            lines.append(
-                f"{head} received={n * 300}i,committed={n * 330}i,dead_letters={n // 10}i,"
-                f"mqtt_connected=1i,clock_trusted=1i,spool_bytes={n * 4096}i,"
-                f"spool_budget_bytes=1073741824i,rss_bytes={40_000_000 + n}i,"
-                f'cpu_seconds={n * 0.4},uptime_seconds={n * 30.0},version="0.1.0" {stamp}'
-            )
-            for output, success in (
-                ("cloud", f",last_success_age_seconds={n % 3}.5"),
-                ("cloud-1m", ""),
-            ):
-                lines.append(
-                    f"{head},output={output} backlog_lines={n * 2}i,backlog_bytes={n * 200}i,"
-                    f"oldest_age_seconds={n * 1.5}{success},healthy=1i,lines_sent={n * 300}i,"
-                    f"bytes_sent={n * 9000}i,dead_letters={n // 10}i {stamp}"
-                )
-            for reason, per in (("malformed", 1), ("max_size", 7)):
-                lines.append(f"{head},reason={reason} dropped={n * per}i {stamp}")
-    influx.write(db, "\n".join(lines))
-
-
 @pytest.mark.e2e
 def test_every_query_runs_on_what_the_agent_writes(
     mosquitto: Mosquitto, influxdb: InfluxDB1, make_agent: AgentFactory
@@ -414,11 +384,11 @@ def test_every_query_runs_on_what_the_agent_writes(
     fast = {"flush_interval": "0.2s", "retry_max_backoff": "1s"}
     agent = make_agent(
         mosquitto.url,
-        output_toml("cloud", influxdb.url, "v1", database=raw, streams=["raw"], **fast)
+        output_toml("cloud", influxdb.url, "v1", database=raw, streams=["raw", "telemetry"], **fast)
         + output_toml(
             "cloud-1m", influxdb.url, "v1", database=aggregates, streams=["aggregates"], **fast
         ),
-        extra=example_toml(),
+        extra='[telemetry]\ninterval = "1s"\n' + example_toml(),
     )
     start = int(time.time() * 1000)
     agent.start()
@@ -432,7 +402,9 @@ def test_every_query_runs_on_what_the_agent_writes(
         return measurements <= names and influxdb.count(raw, "temperature") == 2 * rounds
 
     wait_until(arrived, 60, "raw readings and aggregates of every measurement", agent)
-    seed_telemetry(influxdb, telemetry, "test", {"plant": "p001"})
+    wait_until(
+        lambda: influxdb.count(telemetry, TELEMETRY, "uptime_seconds") >= 5, 30, "telemetry", agent
+    )
     assert agent.stop() == 0
 
     grafana = Grafana(influxdb, dbs, TimeRange(start - 900_000, int(time.time() * 1000) + 60_000))
