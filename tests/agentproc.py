@@ -124,15 +124,7 @@ listen = "127.0.0.1:{self.status_port}"
         return self.proc.returncode
 
     def metrics(self) -> dict[str, float]:
-        url = f"http://127.0.0.1:{self.status_port}/metrics"
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            text = resp.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
+        return scrape_metrics(self.status_port)
 
     def readyz(self) -> tuple[int, dict[str, Any]]:
         """/readyz's status code and JSON body (503 answers too)."""
@@ -151,3 +143,16 @@ listen = "127.0.0.1:{self.status_port}"
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def scrape_metrics(port: int, timeout: float = 2.0) -> dict[str, float]:
+    """An agent's /metrics on loopback, each series by its full name
+    (``edge_spool_lines{stream="raw"}``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out

@@ -36,11 +36,12 @@ import sys
 import tempfile
 import time
 import tomllib
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from agentproc import scrape_metrics
 
 from agent.tools.localservers import InfluxDB1, free_port, port_accepts
 from agent.tools.simulate import MEASUREMENTS
@@ -426,16 +427,11 @@ def check_config(steps: Steps, b: Box) -> None:
 def _metrics(port: int) -> dict[str, float]:
     """The agent's metrics, each series by its full name (``edge_spool_lines{stream="raw"}``)
     and each metric summed over its labels (``edge_spool_lines``)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-            if "{" in key:
-                name = key.split("{")[0]
-                out[name] = out.get(name, 0.0) + float(value)
+    out = scrape_metrics(port, timeout=5)
+    for key, value in list(out.items()):
+        if "{" in key:
+            name = key.split("{")[0]
+            out[name] = out.get(name, 0.0) + value
     return out
 
 
