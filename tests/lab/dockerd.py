@@ -17,14 +17,13 @@ import contextlib
 import fcntl
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lab import rootfs
+from lab import machine, rootfs
 
 DATA_ROOT = rootfs.ROOT / ".cache" / "docker"
 DOCKER = "/usr/bin/docker"  # Debian's CLI: another `docker` earlier on PATH may be a stranger
@@ -109,7 +108,7 @@ def daemon() -> Iterator[Docker]:
             _wait_ready(docker, proc, run_dir)
             yield docker
         finally:
-            _stop(proc)
+            machine.stop(proc)
             log.close()
             _unmount_under(run_dir)
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -125,17 +124,6 @@ def _wait_ready(docker: Docker, proc: subprocess.Popen[bytes], run_dir: Path) ->
         time.sleep(0.2)
     tail = (run_dir / "dockerd.log").read_text(errors="replace")[-3000:]
     raise RuntimeError(f"dockerd did not come up (exit {proc.poll()}):\n{tail}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM lets dockerd stop its containers and its containerd; SIGKILL if it hangs."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _unmount_under(folder: Path) -> None:

@@ -71,8 +71,9 @@ class Machine:
         return self.run("journalctl", "--no-pager", "-u", unit, *args).stdout
 
 
-def _leader(nspawn: subprocess.Popen[bytes], timeout: float) -> int:
-    """The container's PID 1 as the host sees it: nspawn's child once it runs systemd."""
+def leader(nspawn: subprocess.Popen[bytes], comm: str, timeout: float) -> int:
+    """The container's PID 1 as the host sees it: nspawn's child once it runs ``comm``
+    (``systemd`` when booted, whatever command it was given otherwise)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if nspawn.poll() is not None:
@@ -80,10 +81,10 @@ def _leader(nspawn: subprocess.Popen[bytes], timeout: float) -> int:
         children = Path(f"/proc/{nspawn.pid}/task/{nspawn.pid}/children")
         for pid in children.read_text().split() if children.exists() else []:
             with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
+                if Path(f"/proc/{pid}/comm").read_text().strip() == comm:
                     return int(pid)
-        time.sleep(0.1)
-    raise TimeoutError("the container's systemd did not start")
+        time.sleep(0.05)
+    raise TimeoutError(f"the container's {comm} did not start")
 
 
 @contextlib.contextmanager
@@ -122,11 +123,11 @@ def booted(
             stderr=subprocess.STDOUT,
         )
         try:
-            machine = Machine(root, nspawn, _leader(nspawn, timeout))
+            machine = Machine(root, nspawn, leader(nspawn, "systemd", timeout))
             _wait_running(machine, timeout)
             yield machine
         finally:
-            _power_off(nspawn)
+            stop(nspawn)
             console.close()
 
 
@@ -141,13 +142,14 @@ def _wait_running(machine: Machine, timeout: float) -> None:
     raise TimeoutError(f"the container did not finish booting (state {state!r})")
 
 
-def _power_off(nspawn: subprocess.Popen[bytes]) -> None:
-    """SIGRTMIN+4 asks the container's systemd for an orderly poweroff; kill it if it hangs."""
-    if nspawn.poll() is None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it hangs. A booted container's nspawn powers it off in order, an
+    unbooted one's kills everything in it; dockerd stops its containers and its containerd."""
+    if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            nspawn.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
         try:
-            nspawn.wait(timeout=30)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            nspawn.kill()
-            nspawn.wait(timeout=10)
+            proc.kill()
+            proc.wait(timeout=10)

@@ -46,7 +46,7 @@ from agentproc import scrape_metrics
 from agent.tools.localservers import InfluxDB1, free_port, port_accepts
 from agent.tools.simulate import MEASUREMENTS
 from lab import install as install_lab
-from lab import rootfs
+from lab import machine, rootfs
 
 REPO = rootfs.ROOT
 PACKAGES = ("python3", "python3-venv", "ca-certificates", "mosquitto")
@@ -292,21 +292,6 @@ class Box:
         target.write_text(text)
 
 
-def _leader(nspawn_proc: subprocess.Popen[bytes], timeout: float) -> int:
-    """The container's PID 1 (``sleep``) as the host sees it."""
-    children = Path(f"/proc/{nspawn_proc.pid}/task/{nspawn_proc.pid}/children")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if nspawn_proc.poll() is not None:
-            raise RuntimeError(f"systemd-nspawn exited with {nspawn_proc.returncode}")
-        for pid in children.read_text().split() if children.exists() else []:
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
-                    return int(pid)
-        time.sleep(0.05)
-    raise TimeoutError("the arm64 container did not start")
-
-
 @contextlib.contextmanager
 def box(workdir: Path, base: Path, timeout: float = 60) -> Iterator[Box]:
     """A throw-away copy of ``base`` under ``workdir``, running (PID 1 a ``sleep``), with this
@@ -326,15 +311,9 @@ def box(workdir: Path, base: Path, timeout: float = 60) -> Iterator[Box]:
             stderr=subprocess.STDOUT,
         )
         try:
-            yield Box(root, _leader(proc, timeout))
+            yield Box(root, machine.leader(proc, "sleep", timeout))
         finally:
-            # Not booted: nspawn ends the container with SIGKILL, and everything in it.
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            machine.stop(proc)
 
 
 # --- the checks -------------------------------------------------------------------------------
@@ -361,8 +340,8 @@ def install(steps: Steps, b: Box, wheel: Path) -> None:
             ),
             "pip install",
         )
-        machine = _check(b.run(f"{VENV}/bin/python", "-c", _PLATFORM, timeout=60), "python")
-        note.append(machine.strip())
+        platform_line = _check(b.run(f"{VENV}/bin/python", "-c", _PLATFORM, timeout=60), "python")
+        note.append(platform_line.strip())
 
 
 _PLATFORM = (
